@@ -1,0 +1,39 @@
+"""asyncml: use machine-learning models concurrently without blocking the event loop.
+
+::
+
+    async with asyncml.load(model, workers=2) as m:
+        y = await m(x)                      # batched with concurrent calls
+        ys = await m.map(xs)                # many, in input order
+"""
+
+from ._errors import (
+    AsyncmlError,
+    Closed,
+    ItemTimeout,
+    ModelError,
+    OutputMismatch,
+    Overloaded,
+    SetupError,
+)
+from ._loaded import LoadedModel, load
+from ._looplag import LoopLagMonitor, LoopLagStatistics
+from ._model import Model
+from ._stats import LatencySummary, ModelStatistics
+
+__all__ = [
+    "AsyncmlError",
+    "Closed",
+    "ItemTimeout",
+    "LatencySummary",
+    "LoadedModel",
+    "LoopLagMonitor",
+    "LoopLagStatistics",
+    "Model",
+    "ModelError",
+    "ModelStatistics",
+    "OutputMismatch",
+    "Overloaded",
+    "SetupError",
+    "load",
+]

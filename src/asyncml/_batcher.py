@@ -1,0 +1,319 @@
+"""The batcher: coalesces concurrent single calls into batches for an executor.
+
+It runs on the event loop and costs a few attribute look-ups per item; everything else is
+paid per batch. Its rule: every submitted item gets exactly one outcome (its result, its
+own error, a timeout, or a cancellation).
+
+When to dispatch: a submission schedules one dispatch with ``call_soon`` while a worker is
+free, so a lone call waits a single loop iteration, never for a batch to fill. Callers woken
+by a finished batch run before that dispatch, so under load their next calls land in the
+same batch: batches grow towards ``max_batch_size`` by themselves. With ``max_wait > 0`` a
+free worker may also hold a partial batch for up to ``max_wait`` while other batches run.
+
+Items live in the queue as ``(item, future, submitted_at, deadline)`` tuples. A cancelled
+or expired item stays in the queue until dispatch skips it (or a full queue is compacted),
+which keeps cancellation free of per-item bookkeeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+from ._batch import BatchOutcome
+from ._errors import Closed, ItemTimeout, Overloaded
+from ._model import ModelSpec
+from ._stats import LatencySummary, ModelStatistics
+from .executors import Executor
+
+_Entry = tuple[Any, "asyncio.Future[Any]", float, float]
+_NO_DEADLINE = float("inf")
+_LATENCY_WINDOW = 4096
+
+
+class Batcher:
+    """Queues items, forms batches, hands them to ``executor`` and settles each item."""
+
+    def __init__(
+        self, spec: ModelSpec, executor: Executor, *, max_queue: int, timeout: float | None
+    ):
+        self._loop = asyncio.get_running_loop()
+        self._name = spec.name
+        self._executor = executor
+        self._max_batch = spec.max_batch_size
+        self._max_wait = spec.max_wait
+        self._max_queue = max_queue
+        self._timeout = timeout
+        self._capacity = executor.capacity
+        self._free = executor.capacity
+        self._queue: deque[_Entry] = deque()
+        self._dispatch_scheduled = False
+        self._wait_timer: asyncio.TimerHandle | None = None
+        self._space_waiters: deque[asyncio.Future[None]] = deque()
+        self._idle_waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        self._submitted = self._completed = self._failed = 0
+        self._timed_out = self._cancelled = 0
+        self._in_flight = 0
+        self._batches = 0
+        self._sizes = [0] * (self._max_batch + 1)
+        self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+
+    # -- admission ------------------------------------------------------------------------
+
+    def try_submit(self, item: Any, timeout: float | None) -> asyncio.Future[Any] | None:
+        """Queues ``item`` and returns its future, or ``None`` if the queue is full.
+
+        Raises:
+            Closed: the model is closed.
+        """
+        if self._closed:
+            raise self._closed_error()
+        if len(self._queue) >= self._max_queue and not self._make_room():
+            return None
+        return self._enqueue(item, self._deadline(timeout))
+
+    def submit_nowait(self, item: Any, timeout: float | None) -> asyncio.Future[Any]:
+        """Queues ``item`` and returns its future.
+
+        Raises:
+            Overloaded: the queue is full.
+            Closed: the model is closed.
+        """
+        future = self.try_submit(item, timeout)
+        if future is None:
+            raise Overloaded(
+                f"model {self._name!r} is overloaded: {self._max_queue} items already queued",
+                model=self._name,
+            )
+        return future
+
+    async def submit(self, item: Any, timeout: float | None) -> asyncio.Future[Any]:
+        """Queues ``item``, waiting for room if the queue is full; returns its future.
+
+        Raises:
+            ItemTimeout: the deadline passed while waiting for room.
+            Closed: the model was closed before the item was queued.
+        """
+        deadline = self._deadline(timeout)
+        queue_behind_others = True  # first come, first served, until it is our turn
+        while True:
+            if self._closed:
+                raise self._closed_error()
+            if not (queue_behind_others and self._space_waiters) and (
+                len(self._queue) < self._max_queue or self._make_room()
+            ):
+                return self._enqueue(item, deadline)
+            await self._wait_for_room(deadline)
+            queue_behind_others = False
+
+    async def _wait_for_room(self, deadline: float) -> None:
+        waiter = self._loop.create_future()
+        self._space_waiters.append(waiter)
+        try:
+            if deadline == _NO_DEADLINE:
+                await waiter
+            else:
+                async with asyncio.timeout_at(deadline):
+                    await waiter
+        except TimeoutError:
+            raise self._timeout_error() from None
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+                self._space_waiters.remove(waiter)
+            elif not waiter.cancelled():
+                # Woken, but if we leave (cancelled, timed out) the room is someone else's.
+                self._wake_space_waiters()
+
+    def _wake_space_waiters(self) -> None:
+        room = self._max_queue - len(self._queue)
+        waiters = self._space_waiters
+        while waiters and (room > 0 or self._closed):
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                room -= 1
+
+    def _make_room(self) -> bool:
+        """Drops cancelled and expired items from the queue; True if there is room now."""
+        kept: deque[_Entry] = deque()
+        for entry in self._queue:
+            if entry[1].done():
+                self._count_dropped(entry[1])
+            else:
+                kept.append(entry)
+        self._queue = kept
+        return len(kept) < self._max_queue
+
+    def _deadline(self, timeout: float | None) -> float:
+        if timeout is None:
+            timeout = self._timeout
+            if timeout is None:
+                return _NO_DEADLINE
+        return self._loop.time() + timeout
+
+    def _enqueue(self, item: Any, deadline: float) -> asyncio.Future[Any]:
+        loop = self._loop
+        future = loop.create_future()
+        now = loop.time()
+        if deadline != _NO_DEADLINE:
+            timer = loop.call_at(deadline, self._expire, future)
+            future.add_done_callback(partial(_cancel_timer, timer))
+        self._queue.append((item, future, now, deadline))
+        self._submitted += 1
+        if self._free and not self._dispatch_scheduled:
+            self._dispatch_scheduled = True
+            loop.call_soon(self._dispatch)
+        return future
+
+    def _expire(self, future: asyncio.Future[Any]) -> None:
+        # Counted when the item leaves the queue or its batch, so the totals always add up.
+        if not future.done():
+            future.set_exception(self._timeout_error())
+
+    # -- dispatch -------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        self._dispatch_scheduled = False
+        if self._wait_timer is not None:
+            self._wait_timer.cancel()
+            self._wait_timer = None
+        queue = self._queue
+        while self._free and queue:
+            if self._max_wait and len(queue) < self._max_batch and self._free < self._capacity:
+                # Other batches are running, so more items are on their way: let this grow.
+                due = queue[0][2] + self._max_wait
+                if due > self._loop.time():
+                    self._wait_timer = self._loop.call_at(due, self._dispatch)
+                    break
+            live, items = self._take()
+            if not live:
+                continue
+            self._free -= 1
+            self._in_flight += len(live)
+            self._batches += 1
+            self._sizes[len(live)] += 1
+            self._executor.submit(items, partial(self._complete, live))
+        if self._space_waiters:
+            self._wake_space_waiters()
+        self._notify_if_idle()
+
+    def _take(self) -> tuple[list[_Entry], list[Any]]:
+        queue = self._queue
+        now = self._loop.time()
+        limit = self._max_batch
+        live: list[_Entry] = []
+        items: list[Any] = []
+        while queue and len(live) < limit:
+            entry = queue.popleft()
+            future = entry[1]
+            if future.done():
+                self._count_dropped(future)
+            elif entry[3] <= now:  # expired, and its timer has not fired yet
+                future.set_exception(self._timeout_error())
+                self._timed_out += 1
+            else:
+                live.append(entry)
+                items.append(entry[0])
+        return live, items
+
+    def _complete(self, live: list[_Entry], outcome: BatchOutcome) -> None:
+        self._free += 1
+        self._in_flight -= len(live)
+        values: Sequence[Any] = outcome.values
+        errors = outcome.errors
+        completed = failed = 0
+        for index, entry in enumerate(live):
+            future = entry[1]
+            if future.done():  # cancelled or expired while its batch ran
+                self._count_dropped(future)
+            elif errors is not None and index in errors:
+                future.set_exception(errors[index])
+                failed += 1
+            else:
+                future.set_result(values[index])
+                completed += 1
+        self._completed += completed
+        self._failed += failed
+        now = self._loop.time()
+        self._latencies.extend([now - entry[2] for entry in live])
+        if self._queue and not self._dispatch_scheduled:
+            # Deferred, so that the callers this batch just woke can join the next batch.
+            self._dispatch_scheduled = True
+            self._loop.call_soon(self._dispatch)
+        self._notify_if_idle()
+
+    def _count_dropped(self, future: asyncio.Future[Any]) -> None:
+        if future.cancelled():
+            self._cancelled += 1
+        else:
+            self._timed_out += 1
+
+    # -- closing --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Refuses new items; queued and running items still complete."""
+        self._closed = True
+        self._wake_space_waiters()
+
+    async def wait_idle(self) -> None:
+        """Returns once nothing is queued or running."""
+        while self._queue or self._in_flight:
+            self._idle_waiter = self._loop.create_future()
+            try:
+                await self._idle_waiter
+            finally:
+                self._idle_waiter = None
+
+    def _notify_if_idle(self) -> None:
+        waiter = self._idle_waiter
+        if waiter is not None and not waiter.done() and not self._queue and not self._in_flight:
+            waiter.set_result(None)
+
+    def abort(self) -> None:
+        """Closes, and fails every queued item with :class:`Closed` (running ones go on)."""
+        self.close()
+        if self._wait_timer is not None:
+            self._wait_timer.cancel()
+            self._wait_timer = None
+        while self._queue:
+            future = self._queue.popleft()[1]
+            if future.done():
+                self._count_dropped(future)
+            else:
+                future.set_exception(self._closed_error())
+                self._cancelled += 1
+        self._notify_if_idle()
+
+    def _closed_error(self) -> Closed:
+        return Closed(f"model {self._name!r} is closed", model=self._name)
+
+    def _timeout_error(self) -> ItemTimeout:
+        return ItemTimeout(f"model {self._name!r}: the item's deadline passed", model=self._name)
+
+    # -- observing ------------------------------------------------------------------------
+
+    def statistics(self) -> ModelStatistics:
+        """A snapshot of the counters, queue depth, batch sizes and latency."""
+        return ModelStatistics(
+            model=self._name,
+            workers=self._capacity,
+            submitted=self._submitted,
+            completed=self._completed,
+            failed=self._failed,
+            timed_out=self._timed_out,
+            cancelled=self._cancelled,
+            queued=len(self._queue),
+            in_flight=self._in_flight,
+            batches=self._batches,
+            batch_sizes={size: n for size, n in enumerate(self._sizes) if n},
+            latency=LatencySummary.of(self._latencies),
+        )
+
+
+def _cancel_timer(timer: asyncio.TimerHandle, _future: asyncio.Future[Any]) -> None:
+    timer.cancel()

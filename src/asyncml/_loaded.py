@@ -1,0 +1,345 @@
+"""The user's handle: ``async with asyncml.load(model) as m: y = await m(x)``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from functools import partial
+from types import TracebackType
+from typing import Any, Generic, Literal, overload
+
+from ._batcher import Batcher
+from ._errors import AsyncmlError
+from ._model import In, Model, ModelSpec, Out, model_spec
+from ._stats import ModelStatistics
+from ._threads import IntraOpThreads
+from .executors import Executor, InlineExecutor, ThreadExecutor
+
+ExecutorName = Literal["auto", "inline", "thread"]
+
+#: Default bound of the admission queue: this many items, or two full batches per worker.
+DEFAULT_MAX_QUEUE = 1024
+
+
+class LoadedModel(Generic[In, Out]):
+    """A model running on its workers; call it from any coroutine.
+
+    Use it as an async context manager (see :func:`load`). Entering starts the workers and
+    returns once each ran ``setup()`` and ``warmup()``. Leaving normally stops taking calls
+    and lets queued and running items finish; leaving on an exception or a cancellation
+    (Ctrl-C) fails queued items with :class:`Closed` and lets running batches finish
+    (threads cannot be interrupted) or cancels them (``inline``). Either way no worker
+    thread or task outlives the ``async with`` block.
+    """
+
+    def __init__(
+        self, spec: ModelSpec, executor: Executor, *, max_queue: int, timeout: float | None
+    ):
+        self._spec = spec
+        self._executor = executor
+        self._max_queue = max_queue
+        self._timeout = timeout
+        self._batcher: Batcher | None = None
+
+    @property
+    def name(self) -> str:
+        """The model's name, as shown in errors and statistics."""
+        return self._spec.name
+
+    async def __aenter__(self) -> LoadedModel[In, Out]:
+        if self._batcher is not None:
+            raise RuntimeError(f"model {self.name!r} is already running")
+        await self._executor.start(self._spec)
+        self._batcher = Batcher(
+            self._spec, self._executor, max_queue=self._max_queue, timeout=self._timeout
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        batcher = self._running()
+        drained = False
+        try:
+            if exc_type is None:
+                batcher.close()
+                await batcher.wait_idle()
+                drained = True
+        finally:
+            batcher.abort()
+            await self._executor.aclose(graceful=drained)
+
+    def _running(self) -> Batcher:
+        if self._batcher is None:
+            raise RuntimeError(f"model {self.name!r} is not running: use 'async with'")
+        return self._batcher
+
+    async def __call__(self, item: In, *, timeout: float | None = None) -> Out:
+        """Runs ``item`` through the model (in a batch with concurrent calls).
+
+        Waits for room when the admission queue is full.
+
+        Args:
+            item: one input.
+            timeout: seconds until the item's deadline (waiting for room included); defaults
+                to the model's ``timeout``; ``math.inf`` for none.
+
+        Raises:
+            ModelError: ``predict()`` failed for this item.
+            ItemTimeout: the deadline passed first; if the item was still queued, it was
+                never computed.
+            Closed: the model is closed.
+        """
+        batcher = self._running()
+        future = batcher.try_submit(item, timeout)
+        if future is None:
+            future = await batcher.submit(item, timeout)
+        result: Out = await future
+        return result
+
+    def call_nowait(self, item: In, *, timeout: float | None = None) -> asyncio.Future[Out]:
+        """Queues ``item`` at once and returns the future of its result.
+
+        Cancelling the future before its batch is dispatched removes the item.
+
+        Raises:
+            Overloaded: the admission queue is full.
+            Closed: the model is closed.
+        """
+        return self._running().submit_nowait(item, timeout)
+
+    async def map(
+        self,
+        items: Iterable[In],
+        *,
+        timeout: float | None = None,
+        return_exceptions: bool = False,
+    ) -> list[Out]:
+        """Runs every item and returns the results in input order.
+
+        Items are submitted as room allows, so an input far larger than the queue is fine.
+
+        Args:
+            items: the inputs.
+            timeout: per-item deadline in seconds (see :meth:`__call__`).
+            return_exceptions: put each failed item's error in its place instead of raising.
+
+        Raises:
+            AsyncmlError: the first failed item's error (its ``index`` set), unless
+                ``return_exceptions``; the items not yet finished are then cancelled.
+        """
+        batcher = self._running()
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            for item in items:
+                future = batcher.try_submit(item, timeout)
+                if future is None:
+                    future = await batcher.submit(item, timeout)
+                futures.append(future)
+            results: list[Any] = []
+            for index, future in enumerate(futures):
+                try:
+                    results.append(await future)
+                except AsyncmlError as error:
+                    error.index = index
+                    if not return_exceptions:
+                        raise
+                    results.append(error)
+            return results
+        finally:
+            _abandon(futures)
+
+    async def as_completed(
+        self,
+        items: Iterable[In],
+        *,
+        timeout: float | None = None,
+        return_exceptions: bool = False,
+    ) -> AsyncIterator[tuple[int, Out]]:
+        """Yields ``(index, result)`` pairs as items finish, submitting as results are taken.
+
+        At most the model's queue size of items is outstanding at a time, so ``items`` may be
+        an endless generator. Leaving the loop early cancels the outstanding items.
+
+        Raises:
+            AsyncmlError: a failed item's error (its ``index`` set), unless
+                ``return_exceptions``, which yields ``(index, error)`` instead.
+        """
+        batcher = self._running()
+        loop = asyncio.get_running_loop()
+        outstanding: dict[int, asyncio.Future[Any]] = {}
+        finished: deque[int] = deque()
+        wakeup: list[asyncio.Future[None]] = []
+
+        def on_done(index: int, _future: asyncio.Future[Any]) -> None:
+            finished.append(index)
+            if wakeup and not wakeup[0].done():
+                wakeup[0].set_result(None)
+
+        async def next_finished() -> tuple[int, Any]:
+            while not finished:
+                wakeup[:] = [loop.create_future()]
+                await wakeup[0]
+            index = finished.popleft()
+            future = outstanding.pop(index)
+            try:
+                return index, future.result()
+            except AsyncmlError as error:
+                error.index = index
+                if not return_exceptions:
+                    raise
+                return index, error
+
+        try:
+            for index, item in enumerate(items):
+                while len(outstanding) >= self._max_queue or finished:
+                    yield await next_finished()
+                future = batcher.try_submit(item, timeout)
+                if future is None:
+                    future = await batcher.submit(item, timeout)
+                outstanding[index] = future
+                future.add_done_callback(partial(on_done, index))
+            while outstanding:
+                yield await next_finished()
+        finally:
+            _abandon(outstanding.values())
+
+    def statistics(self) -> ModelStatistics:
+        """A frozen snapshot: counters, queue depth, batch-size histogram, latency."""
+        return self._running().statistics()
+
+
+def _abandon(futures: Iterable[asyncio.Future[Any]]) -> None:
+    """Cancels unfinished futures and marks failed ones as seen (no 'never retrieved')."""
+    for future in futures:
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()
+
+
+@overload
+def load(
+    model: type[Model[In, Out]] | Model[In, Out],
+    /,
+    *,
+    executor: ExecutorName | Executor = ...,
+    workers: int | None = ...,
+    max_batch_size: int | None = ...,
+    max_wait: float | None = ...,
+    collate: Literal["list", "stack"] | None = ...,
+    timeout: float | None = ...,
+    max_queue: int | None = ...,
+    intra_op_threads: IntraOpThreads = ...,
+    name: str | None = ...,
+) -> LoadedModel[In, Out]: ...
+
+
+@overload
+def load(
+    model: Callable[[list[In]], Awaitable[Sequence[Out]]] | Callable[[list[In]], Sequence[Out]],
+    /,
+    *,
+    executor: ExecutorName | Executor = ...,
+    workers: int | None = ...,
+    max_batch_size: int | None = ...,
+    max_wait: float | None = ...,
+    collate: Literal["list", "stack"] | None = ...,
+    timeout: float | None = ...,
+    max_queue: int | None = ...,
+    intra_op_threads: IntraOpThreads = ...,
+    name: str | None = ...,
+) -> LoadedModel[In, Out]: ...
+
+
+@overload
+def load(
+    model: Callable[[Any], Any],
+    /,
+    *,
+    executor: ExecutorName | Executor = ...,
+    workers: int | None = ...,
+    max_batch_size: int | None = ...,
+    max_wait: float | None = ...,
+    collate: Literal["list", "stack"] | None = ...,
+    timeout: float | None = ...,
+    max_queue: int | None = ...,
+    intra_op_threads: IntraOpThreads = ...,
+    name: str | None = ...,
+) -> LoadedModel[Any, Any]: ...
+
+
+def load(
+    model: Any,
+    /,
+    *,
+    executor: ExecutorName | Executor = "auto",
+    workers: int | None = None,
+    max_batch_size: int | None = None,
+    max_wait: float | None = None,
+    collate: Literal["list", "stack"] | None = None,
+    timeout: float | None = None,
+    max_queue: int | None = None,
+    intra_op_threads: IntraOpThreads = "auto",
+    name: str | None = None,
+) -> LoadedModel[Any, Any]:
+    """Prepares ``model`` to run on workers; enter the result with ``async with``.
+
+    Args:
+        model: a :class:`Model` subclass (built once per worker), a :class:`Model` instance
+            (deep-copied per worker before ``setup()``), or a function taking a batch (a
+            list) and returning one output per item; ``async def`` functions and predicts
+            run on the event loop.
+        executor: ``"thread"`` (synchronous models), ``"inline"`` (async models), ``"auto"``
+            (whichever fits the model), or an :class:`~asyncml.executors.Executor`.
+        workers: workers (model instances), each running one batch at a time (default 1).
+        max_batch_size: most items per ``predict`` call (default: the model's, else 64).
+        max_wait: seconds a free worker may hold a partial batch while others run
+            (default: the model's, else 0).
+        collate: ``"list"`` (default) or ``"stack"`` (``numpy.stack`` the items).
+        timeout: default per-item deadline in seconds (default: none).
+        max_queue: bound of the admission queue (default 1024, or two full batches per
+            worker if that is more).
+        intra_op_threads: BLAS/OpenMP/torch threads per worker: ``"auto"`` shares the
+            cores among the workers; ``None`` leaves the libraries' defaults.
+        name: the model's name in errors and statistics (default: class or function name).
+
+    Raises:
+        TypeError: ``model`` is not a model, or the executor cannot run it.
+        ValueError: an option is out of range.
+    """
+    spec = model_spec(
+        model, name=name, max_batch_size=max_batch_size, max_wait=max_wait, collate=collate
+    )
+    pool = _executor(spec, executor, workers, intra_op_threads)
+    pool.check(spec)
+    if max_queue is None:
+        max_queue = max(DEFAULT_MAX_QUEUE, 2 * pool.capacity * spec.max_batch_size)
+    if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
+        raise ValueError(f"max_queue must be an int >= 1, got {max_queue!r}")
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"timeout must be a number of seconds > 0 or None, got {timeout!r}")
+    return LoadedModel(spec, pool, max_queue=max_queue, timeout=timeout)
+
+
+def _executor(
+    spec: ModelSpec,
+    executor: ExecutorName | Executor,
+    workers: int | None,
+    intra_op_threads: IntraOpThreads,
+) -> Executor:
+    if isinstance(executor, Executor):
+        if workers is not None:
+            raise ValueError("workers= applies to a named executor; size the instance instead")
+        return executor
+    if executor == "auto":
+        executor = "inline" if spec.is_async else "thread"
+    if executor == "inline":
+        return InlineExecutor(1 if workers is None else workers)
+    if executor == "thread":
+        return ThreadExecutor(1 if workers is None else workers, intra_op_threads=intra_op_threads)
+    raise ValueError(f"executor must be 'auto', 'inline', 'thread' or an Executor, not {executor!r}")

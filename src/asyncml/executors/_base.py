@@ -1,0 +1,60 @@
+"""The executor interface: what the batcher needs from a pool of workers, and nothing more.
+
+Above this line nothing knows where model code runs. An executor owns its workers (threads,
+processes, actors): it starts them (each builds its own model and runs ``setup()``), runs
+one batch per free worker, and stops them. The batcher never has more than ``capacity``
+batches outstanding, so ``submit`` always finds a free worker.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .._batch import BatchOutcome
+from .._model import ModelSpec
+
+#: Called exactly once per submitted batch, on the event loop's thread.
+BatchDone = Callable[[BatchOutcome], None]
+
+
+class Executor(ABC):
+    """A pool of workers that each hold a model instance and run one batch at a time."""
+
+    @property
+    @abstractmethod
+    def capacity(self) -> int:
+        """How many batches may run at once (usually the number of workers)."""
+
+    @abstractmethod
+    def check(self, spec: ModelSpec) -> None:
+        """Raises ``TypeError`` if this executor cannot run ``spec``; called before ``start``."""
+
+    @abstractmethod
+    async def start(self, spec: ModelSpec) -> None:
+        """Starts the workers; returns once each ran ``setup()`` and ``warmup()``.
+
+        Raises:
+            SetupError: a worker's ``setup()`` or ``warmup()`` raised; no worker is left
+                running.
+        """
+
+    @abstractmethod
+    def submit(self, items: Sequence[Any], done: BatchDone) -> None:
+        """Runs one batch on a free worker and later calls ``done(outcome)``.
+
+        Must not block and must not raise: a failure becomes the outcome of the batch's
+        items. ``done`` runs on the event loop's thread, exactly once, also when the
+        executor is closed while the batch runs.
+        """
+
+    @abstractmethod
+    async def aclose(self, *, graceful: bool) -> None:
+        """Stops every worker (running ``close()`` in each) and returns when none is left.
+
+        Graceful: submitted batches finish first. Otherwise batches that can be stopped are
+        stopped (their items fail with ``Closed``); a thread cannot be interrupted, so a
+        batch already running in one still finishes. Every outstanding ``done`` has been
+        called when this returns.
+        """

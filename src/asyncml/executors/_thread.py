@@ -1,0 +1,157 @@
+"""Thread workers: for models that release the GIL (numpy, torch, scikit-learn) or wait on I/O.
+
+Each worker thread builds its own model, runs ``setup()`` and ``warmup()`` there, and then
+takes batches from one shared queue. Results come back to the event loop with one
+``call_soon_threadsafe`` per batch, never per item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from .._batch import BatchOutcome, run_batch
+from .._errors import AsyncmlError, Closed, ModelError, SetupError
+from .._model import ModelSpec
+from .._shield import wait_shielded
+from .._threads import IntraOpThreads, limit_intra_op_threads, resolve_intra_op_threads
+from ._base import BatchDone, Executor
+
+_Job = tuple[Sequence[Any], BatchDone] | None
+
+
+class ThreadExecutor(Executor):
+    """Runs a synchronous model in ``workers`` threads, one model instance per thread.
+
+    Args:
+        workers: number of threads (and model instances).
+        intra_op_threads: threads each worker's BLAS/OpenMP/torch pools may use: ``"auto"``
+            (the cores divided among the workers), an int, or ``None`` to leave them alone.
+    """
+
+    def __init__(self, workers: int = 1, *, intra_op_threads: IntraOpThreads = "auto"):
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+        self._workers = workers
+        self._pool_threads = resolve_intra_op_threads(intra_op_threads, workers)
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._started: list[asyncio.Future[None]] = []
+        self._stopped: list[asyncio.Future[None]] = []
+        self._name = "?"
+
+    @property
+    def capacity(self) -> int:
+        return self._workers
+
+    def check(self, spec: ModelSpec) -> None:
+        if spec.is_async:
+            raise TypeError(
+                f"model {spec.name!r} has an async predict(); thread workers run synchronous "
+                "code: use executor='inline'"
+            )
+
+    async def start(self, spec: ModelSpec) -> None:
+        loop = asyncio.get_running_loop()
+        self._name = spec.name
+        self._started = [loop.create_future() for _ in range(self._workers)]
+        self._stopped = [loop.create_future() for _ in range(self._workers)]
+        self._threads = [
+            threading.Thread(
+                target=self._work,
+                args=(spec, loop, index),
+                name=f"asyncml-{spec.name}-{index}",
+                daemon=True,  # a hung predict() must not keep a killed program alive
+            )
+            for index in range(self._workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+        setups = asyncio.gather(*self._started, return_exceptions=True)
+        try:
+            await wait_shielded(setups)
+        finally:
+            failures = [r for r in setups.result() if isinstance(r, BaseException)]
+            if failures:
+                await self.aclose(graceful=False)
+        if failures:
+            worker = next(i for i, f in enumerate(self._started) if f.exception() is not None)
+            cause = failures[0]
+            raise SetupError(
+                f"model {spec.name!r} failed to start in thread worker {worker}: "
+                f"{type(cause).__name__}: {cause}",
+                model=spec.name,
+                worker=worker,
+            ) from cause
+
+    def submit(self, items: Sequence[Any], done: BatchDone) -> None:
+        self._jobs.put((items, done))
+
+    async def aclose(self, *, graceful: bool) -> None:
+        if not graceful:
+            self._fail_waiting_jobs()
+        for _ in self._threads:
+            self._jobs.put(None)
+        stops = asyncio.gather(*self._stopped, return_exceptions=True)
+        await wait_shielded(stops)
+        for thread in self._threads:
+            thread.join()  # each signalled its end as its last act: this returns at once
+        self._threads = []
+        errors = [r for r in stops.result() if isinstance(r, BaseException)]
+        if errors:
+            raise AsyncmlError(f"a worker's close() failed: {errors[0]!r}") from errors[0]
+
+    def _fail_waiting_jobs(self) -> None:
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                items, done = job
+                closed = Closed(
+                    f"model {self._name!r} was closed before the item ran", model=self._name
+                )
+                done(BatchOutcome.failure(len(items), closed))
+
+    def _work(self, spec: ModelSpec, loop: asyncio.AbstractEventLoop, index: int) -> None:
+        started, stopped = self._started[index], self._stopped[index]
+        try:
+            model = spec.create()
+            model.setup()
+            restore_pools = limit_intra_op_threads(self._pool_threads)
+            model.warmup()
+        except BaseException as exc:
+            loop.call_soon_threadsafe(_settle, started, exc)
+            loop.call_soon_threadsafe(_settle, stopped, None)
+            return
+        loop.call_soon_threadsafe(_settle, started, None)
+        close_error: BaseException | None = None
+        try:
+            while (job := self._jobs.get()) is not None:
+                items, done = job
+                try:
+                    outcome = run_batch(model, spec, items)
+                except BaseException as exc:  # e.g. SystemExit raised by the model's code
+                    error = ModelError.from_exception(exc, model=spec.name)
+                    outcome = BatchOutcome.failure(len(items), error)
+                loop.call_soon_threadsafe(done, outcome)
+        finally:
+            try:
+                model.close()
+            except BaseException as exc:
+                close_error = exc
+            restore_pools()
+            loop.call_soon_threadsafe(_settle, stopped, close_error)
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
