@@ -1,0 +1,115 @@
+"""The benchmark workloads: each one's model (a batch function) and its inputs.
+
+Every system under test calls the same batch function, ``predict(batch) -> outputs``, so
+the systems differ only in how they get items to it. Inputs come from a fixed seed; nothing
+is downloaded.
+
+- W2 (tabular): a scikit-learn MLPClassifier on the bundled digits dataset; one item is a
+  row of 64 float64 features, its output the class label.
+- W3 (noop): the identity function; one item is an int. It measures a system's own cost
+  per item.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+BatchFn = Callable[[list[Any]], list[Any]]
+
+SEED = 0
+# 100 epochs take about a second and reach ~99% training accuracy; what predict() costs does
+# not depend on how far training went.
+MLP_EPOCHS = 100
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One workload's shape: how many requests, from how many closed-loop callers."""
+
+    name: str
+    title: str
+    requests: int
+    quick_requests: int
+    callers: tuple[int, ...]
+
+
+WORKLOADS: dict[str, Workload] = {
+    "W2": Workload("W2", "tabular", 20_000, 4_000, (1, 64, 256)),
+    "W3": Workload("W3", "noop", 100_000, 20_000, (256,)),
+}
+
+
+def identity(batch: list[Any]) -> list[Any]:
+    """W3's model: returns the batch itself."""
+    return batch
+
+
+class DigitsMLP:
+    """W2's model: an MLP trained on digits (inputs scaled by 1/16); ``predict`` gives labels."""
+
+    def __init__(self) -> None:
+        from sklearn.datasets import load_digits
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.neural_network import MLPClassifier
+
+        features, labels = load_digits(return_X_y=True)
+        classifier = MLPClassifier(
+            hidden_layer_sizes=(64,), random_state=SEED, max_iter=MLP_EPOCHS
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            classifier.fit(features / 16.0, labels)
+        self._classifier = classifier
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        """One class label per row of ``batch``."""
+        labels: list[Any] = self._classifier.predict(np.stack(batch)).tolist()
+        return labels
+
+
+def build_model(workload: str) -> BatchFn:
+    """The batch function of ``workload`` (W2 trains its model here, about a second)."""
+    if workload == "W2":
+        return DigitsMLP().predict
+    if workload == "W3":
+        return identity
+    raise ValueError(f"unknown workload {workload!r}")
+
+
+def make_inputs(workload: str, count: int) -> list[Any]:
+    """``count`` request items for ``workload``, the same on every call."""
+    if workload == "W2":
+        from sklearn.datasets import load_digits
+
+        features = load_digits().data / 16.0
+        picks = np.random.default_rng(SEED).integers(0, len(features), size=count)
+        return [np.ascontiguousarray(features[i], dtype=np.float64) for i in picks]
+    if workload == "W3":
+        return list(range(count))
+    raise ValueError(f"unknown workload {workload!r}")
+
+
+# -- process-pool workers: each builds its own model once, in the pool's initializer -------
+
+_worker_model: BatchFn | None = None
+
+
+def init_worker(workload: str) -> None:
+    """ProcessPoolExecutor initializer: one BLAS thread, then build the model."""
+    from threadpoolctl import threadpool_limits
+
+    global _worker_model
+    threadpool_limits(1)
+    _worker_model = build_model(workload)
+
+
+def worker_predict(batch: list[Any]) -> list[Any]:
+    """Runs the model built by :func:`init_worker` in this process."""
+    if _worker_model is None:
+        raise RuntimeError("worker_predict() called outside an initialised worker process")
+    return _worker_model(batch)

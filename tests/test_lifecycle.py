@@ -1,0 +1,182 @@
+"""Starting, stopping and interrupting: no worker outlives its ``async with`` block."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from threadpoolctl import threadpool_info
+
+import asyncml
+from tests.helpers import GatedModel, until
+
+SCRIPTS = Path(__file__).parent / "scripts"
+
+
+class BrokenSetup(asyncml.Model[Any, Any]):
+    def setup(self) -> None:
+        raise OSError("weights not found: /nowhere/model.bin")
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        return batch
+
+
+class AsyncBrokenSetup(asyncml.Model[Any, Any]):
+    async def setup(self) -> None:
+        raise OSError("cannot reach the service")
+
+    async def predict(self, batch: list[Any]) -> list[Any]:
+        return batch
+
+
+@pytest.mark.parametrize("model", [BrokenSetup, AsyncBrokenSetup])
+async def test_a_failing_setup_is_a_clear_start_up_error(model: type[asyncml.Model[Any, Any]]) -> None:
+    with pytest.raises(asyncml.SetupError) as caught:
+        async with asyncml.load(model, workers=2):
+            pytest.fail("must not start")
+    error = caught.value
+    assert error.model == model.__name__
+    assert error.worker in (0, 1)
+    assert "OSError" in str(error)
+    assert isinstance(error.__cause__, OSError)
+
+
+class Gate(asyncml.Model[int, int]):
+    """A thread model whose batches wait for the test's go."""
+
+    started = threading.Event()
+    go = threading.Event()
+    closed: list[str] = []
+
+    def predict(self, batch: list[int]) -> list[int]:
+        Gate.started.set()
+        if not Gate.go.wait(timeout=10):
+            raise RuntimeError("the test never let the batch go")
+        return batch
+
+    def close(self) -> None:
+        Gate.closed.append(threading.current_thread().name)
+
+
+@pytest.fixture
+def gate() -> type[Gate]:
+    Gate.started.clear()
+    Gate.go.clear()
+    Gate.closed.clear()
+    return Gate
+
+
+async def wait_event(event: threading.Event) -> None:
+    # The loop must never block on a thread event: poll it between loop iterations.
+    await until(event.is_set, limit=10**7)
+
+
+async def test_leaving_normally_finishes_queued_items(gate: type[Gate]) -> None:
+    async with asyncml.load(gate, workers=2, max_batch_size=2) as m:
+        calls = [asyncio.ensure_future(m(i)) for i in range(10)]
+        await wait_event(gate.started)
+        gate.go.set()
+    assert [c.result() for c in calls] == list(range(10))
+    assert sorted(gate.closed) == ["asyncml-Gate-0", "asyncml-Gate-1"]
+    with pytest.raises(asyncml.Closed):
+        await m(1)
+
+
+async def test_leaving_on_an_error_fails_queued_items_and_finishes_running_ones(
+    gate: type[Gate],
+) -> None:
+    with pytest.raises(KeyError):
+        async with asyncml.load(gate, max_batch_size=1) as m:
+            running = asyncio.ensure_future(m(0))
+            await wait_event(gate.started)
+            queued = [asyncio.ensure_future(m(i)) for i in range(1, 4)]
+            await until(lambda: m.statistics().queued == 3)
+            asyncio.get_running_loop().call_soon(gate.go.set)
+            raise KeyError("user code failed")
+    assert running.result() == 0
+    for call in queued:
+        assert isinstance(call.exception(), asyncml.Closed)
+    assert m.statistics().cancelled == 3
+
+
+async def test_cancellation_of_the_owner_stops_everything(gate: type[Gate]) -> None:
+    async def owner() -> None:
+        async with asyncml.load(gate, workers=2) as m:
+            await asyncio.gather(*(m(i) for i in range(100)))
+
+    task = asyncio.ensure_future(owner())
+    await wait_event(gate.started)
+    task.cancel()
+    asyncio.get_running_loop().call_later(0.01, gate.go.set)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not [t for t in threading.enumerate() if t.name.startswith("asyncml-")]
+
+
+async def test_closing_cancels_running_inline_batches() -> None:
+    model = GatedModel()
+    model.gate.clear()
+    with pytest.raises(RuntimeError):
+        async with asyncml.load(model) as m:
+            running = asyncio.ensure_future(m(0))
+            await model.started.wait()
+            raise RuntimeError("stop")
+    assert isinstance(running.exception(), asyncml.Closed)
+
+
+async def test_a_model_runs_once() -> None:
+    loaded = asyncml.load(GatedModel())
+    async with loaded:
+        with pytest.raises(RuntimeError, match="already running"):
+            await loaded.__aenter__()
+    with pytest.raises(RuntimeError, match="not running"):
+        await asyncml.load(GatedModel())(1)
+
+
+async def test_a_failing_close_reaches_the_owner() -> None:
+    class BadClose(asyncml.Model[int, int]):
+        def predict(self, batch: list[int]) -> list[int]:
+            return batch
+
+        def close(self) -> None:
+            raise ValueError("flush failed")
+
+    with pytest.raises(asyncml.AsyncmlError, match="flush failed"):
+        async with asyncml.load(BadClose) as m:
+            assert await m(1) == 1
+
+
+async def test_workers_limit_their_blas_threads() -> None:
+    class Probe(asyncml.Model[int, int]):
+        def setup(self) -> None:
+            import numpy  # noqa: F401 - loads the BLAS library the limits apply to
+
+        def predict(self, batch: list[int]) -> list[int]:
+            return [max(p["num_threads"] for p in threadpool_info()) for _ in batch]
+
+    async with asyncml.load(Probe, workers=2, intra_op_threads=1) as m:
+        assert await m(0) == 1
+
+
+def test_ctrl_c_stops_the_workers() -> None:
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "interrupted.py")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")},
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "computing"
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 130
+    summary = output.strip().splitlines()[-1]
+    assert summary.startswith("interrupted")
+    assert "alive=[]" in summary
