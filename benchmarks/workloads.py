@@ -15,6 +15,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.synchronize import Barrier
 from typing import Any
 
 import numpy as np
@@ -99,13 +100,14 @@ def make_inputs(workload: str, count: int) -> list[Any]:
 _worker_model: BatchFn | None = None
 
 
-def init_worker(workload: str) -> None:
-    """ProcessPoolExecutor initializer: one BLAS thread, then build the model."""
+def init_worker(workload: str, ready: Barrier) -> None:
+    """ProcessPoolExecutor initializer: one BLAS thread, build the model, wait for the rest."""
     from threadpoolctl import threadpool_limits
 
     global _worker_model
     threadpool_limits(1)
     _worker_model = build_model(workload)
+    ready.wait()
 
 
 def worker_predict(batch: list[Any]) -> list[Any]:
