@@ -50,7 +50,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         return None
     names = pyfuncitem._fixtureinfo.argnames
     kwargs: dict[str, Any] = {name: pyfuncitem.funcargs[name] for name in names}
-    loop: asyncio.AbstractEventLoop = kwargs["clock"] if "clock" in kwargs else asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = kwargs.get("clock") or asyncio.new_event_loop()
     bb = pyfuncitem.funcargs.get("blockbuster")
     assert bb is not None, "async tests run under the blockbuster fixture"
     try:

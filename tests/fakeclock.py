@@ -12,7 +12,7 @@ import selectors
 from typing import Any
 
 
-class _JumpingSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+class _JumpingSelector(selectors.DefaultSelector):
     def __init__(self, clock: FakeClockLoop | None = None) -> None:
         super().__init__()
         self.clock = clock
@@ -22,7 +22,7 @@ class _JumpingSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-ty
         if ready or timeout == 0:
             return ready
         if timeout is None or self.clock is None:
-            return super().select(timeout)  # type: ignore[no-any-return]
+            return super().select(timeout)
         self.clock.advance(timeout)
         return []
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Iterator
 
 import pytest
 
@@ -250,7 +251,7 @@ async def test_as_completed_keeps_outstanding_items_bounded() -> None:
     async with asyncml.load(model, max_batch_size=4, max_queue=8) as m:
         peak = 0
 
-        def endless():  # type: ignore[no-untyped-def]
+        def endless() -> Iterator[int]:
             i = 0
             while True:
                 yield i
@@ -278,4 +279,3 @@ async def test_statistics_add_up() -> None:
     assert stats.batches == sum(stats.batch_sizes.values())
     assert stats.latency.count == 10
     assert stats.mean_batch_size > 0
-

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from threadpoolctl import threadpool_info
@@ -37,7 +37,9 @@ class AsyncBrokenSetup(asyncml.Model[Any, Any]):
 
 
 @pytest.mark.parametrize("model", [BrokenSetup, AsyncBrokenSetup])
-async def test_a_failing_setup_is_a_clear_start_up_error(model: type[asyncml.Model[Any, Any]]) -> None:
+async def test_a_failing_setup_is_a_clear_start_up_error(
+    model: type[asyncml.Model[Any, Any]],
+) -> None:
     with pytest.raises(asyncml.SetupError) as caught:
         async with asyncml.load(model, workers=2):
             pytest.fail("must not start")
@@ -53,7 +55,7 @@ class Gate(asyncml.Model[int, int]):
 
     started = threading.Event()
     go = threading.Event()
-    closed: list[str] = []
+    closed: ClassVar[list[str]] = []
 
     def predict(self, batch: list[int]) -> list[int]:
         Gate.started.set()

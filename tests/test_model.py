@@ -22,7 +22,7 @@ async def adouble(batch: list[int]) -> list[int]:
     return [2 * x for x in batch]
 
 
-class Scaler(asyncml.Model[float, float]):
+class Scaler(asyncml.Model[np.ndarray, np.ndarray]):
     max_batch_size = 16
     collate = "stack"
 
@@ -57,8 +57,10 @@ def test_an_instance_is_a_template_copied_per_worker() -> None:
     template = Scaler(factor=3.0)
     spec = model_spec(template)
     first, second = spec.create(), spec.create()
-    assert first is not second and first is not template
-    assert isinstance(first, Scaler) and first.factor == 3.0
+    assert first is not second
+    assert first is not template
+    assert isinstance(first, Scaler)
+    assert first.factor == 3.0
 
 
 @pytest.mark.parametrize(
@@ -105,7 +107,8 @@ def test_load_refuses_executors_that_cannot_run_the_model() -> None:
 def test_wrong_outputs_fail_every_item_with_a_clear_error(outputs: Any, message: str) -> None:
     spec = model_spec(lambda batch: outputs, name="bad")
     outcome = run_batch(spec.create(), spec, [10, 20])
-    assert outcome.errors is not None and sorted(outcome.errors) == [0, 1]
+    assert outcome.errors is not None
+    assert sorted(outcome.errors) == [0, 1]
     for error in outcome.errors.values():
         assert isinstance(error, asyncml.OutputMismatch)
         assert message in str(error)
@@ -137,7 +140,8 @@ def test_an_item_that_cannot_be_stacked_fails_alone() -> None:
     model = spec.create()
     model.setup()
     outcome = run_batch(model, spec, [np.ones(2), object(), np.ones(2)])
-    assert outcome.errors is not None and list(outcome.errors) == [1]
+    assert outcome.errors is not None
+    assert list(outcome.errors) == [1]
     assert [len(v) for i, v in enumerate(outcome.values) if i != 1] == [2, 2]
 
 
@@ -152,7 +156,8 @@ def test_bisection_costs_a_few_calls_per_failing_item() -> None:
 
     spec = model_spec(picky)
     outcome = run_batch(spec.create(), spec, list(range(64)))
-    assert outcome.errors is not None and list(outcome.errors) == [37]
+    assert outcome.errors is not None
+    assert list(outcome.errors) == [37]
     assert list(outcome.values[:37]) == list(range(37))
     assert len(calls) <= 2 * 6 + 1
     assert BatchRun(spec, [1]).next_part() == (0, 1)
@@ -177,9 +182,9 @@ async def test_each_thread_worker_builds_and_sets_up_its_own_model() -> None:
         assert m.name == "Tracker"
         names = await asyncio.gather(*(m(i) for i in range(30)))
     assert len(set(Tracker.instances)) == 3
-    assert {name for name in names} <= {f"asyncml-Tracker-{i}" for i in range(3)}
+    assert set(names) <= {f"asyncml-Tracker-{i}" for i in range(3)}
     # A model instance is only ever used by the thread that set it up.
-    owner = {}
+    owner: dict[int, str] = {}
     for instance, thread in seen:
         assert owner.setdefault(instance, thread) == thread
 

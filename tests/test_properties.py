@@ -83,7 +83,10 @@ def test_every_call_gets_exactly_one_outcome_on_a_fake_clock(
     async def main() -> asyncml.ModelStatistics:
         loop = asyncio.get_running_loop()
         async with asyncml.load(
-            model, workers=workers, max_batch_size=max_batch_size, max_wait=max_wait,
+            model,
+            workers=workers,
+            max_batch_size=max_batch_size,
+            max_wait=max_wait,
             max_queue=max_queue,
         ) as m:
 

@@ -61,7 +61,7 @@ class BatchRun:
         start, stop = part
         items = self._items if stop - start == len(self._items) else self._items[start:stop]
         if self._spec.collate == "stack":
-            return np.stack(items)  # type: ignore[arg-type]
+            return np.stack(items)
         return items if isinstance(items, list) else list(items)
 
     def succeeded(self, part: tuple[int, int], outputs: Any) -> None:

@@ -342,4 +342,6 @@ def _executor(
         return InlineExecutor(1 if workers is None else workers)
     if executor == "thread":
         return ThreadExecutor(1 if workers is None else workers, intra_op_threads=intra_op_threads)
-    raise ValueError(f"executor must be 'auto', 'inline', 'thread' or an Executor, not {executor!r}")
+    raise ValueError(
+        f"executor must be 'auto', 'inline', 'thread' or an Executor, not {executor!r}"
+    )

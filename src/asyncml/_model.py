@@ -140,9 +140,7 @@ def model_spec(
         defaults = Model
         default_name = getattr(model, "__name__", None) or type(model).__name__
     else:
-        raise TypeError(
-            f"expected a Model subclass, a Model instance or a function, got {model!r}"
-        )
+        raise TypeError(f"expected a Model subclass, a Model instance or a function, got {model!r}")
     spec = ModelSpec(
         name=name or default_name,
         factory=factory,

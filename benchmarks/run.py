@@ -1,0 +1,209 @@
+"""Runs asyncml's benchmarks against their ceilings and peers; prints a table, writes JSON.
+
+::
+
+    python benchmarks/run.py [--workloads W2,W3] [--quick] [--json PATH] [--repeats N]
+
+Each (workload, system, callers) measurement runs in a fresh child process (this script
+with ``--one``), so that peak RSS is per system; repeats are interleaved across systems,
+and each row reports the median. See ``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from loadgen import own_peak_rss_bytes
+from report import Row, add_ratios, format_table, summarise
+from systems import LIMITS_OWN_THREADS, SYSTEMS, BatchConfig, Job
+from workloads import WORKLOADS, build_model, make_inputs
+
+#: asyncml's settings per workload, chosen with ``--sweep`` (256 callers, this machine).
+#: The hand batcher uses the same max batch size.
+ASYNCML_CONFIGS: dict[str, BatchConfig] = {
+    "W2": BatchConfig(workers=1, max_batch_size=128),
+    "W3": BatchConfig(workers=1, max_batch_size=256),
+}
+#: The settings ``--sweep`` compares.
+SWEEP_CONFIGS = tuple(
+    BatchConfig(workers=workers, max_batch_size=size) for workers in (1, 2) for size in (128, 256)
+)
+#: Process-pool peers pay a pickle round trip per item: fewer requests keep them short,
+#: and items/s stays comparable.
+PROCESS_POOL_ITEMS = 2_000
+#: Systems measured at each of the workload's caller counts, then those with their own rule.
+CLOSED_LOOP_PEERS = ("asyncml", "hand-batcher", "naive-thread", "naive-process")
+CHILD_TIMEOUT_S = 600
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measurement: a system on a workload at a caller count (0: no callers)."""
+
+    workload: str
+    system: str
+    callers: int
+    items: int
+    config: BatchConfig
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "config": self.config.to_json()})
+
+    @classmethod
+    def from_json(cls, text: str) -> Case:
+        data = json.loads(text)
+        return cls(**{**data, "config": BatchConfig.from_json(data["config"])})
+
+    def config_label(self) -> str | None:
+        if self.system == "asyncml":
+            return self.config.label()
+        if self.system == "hand-batcher":
+            return f"max_batch_size={self.config.max_batch_size}"
+        return None
+
+    def describe(self) -> str:
+        callers = f" callers={self.callers}" if self.callers else ""
+        config = f" [{label}]" if (label := self.config_label()) else ""
+        return f"{self.workload} {self.system}{callers}{config}"
+
+
+def plan(workloads: Sequence[str], *, quick: bool, sweep: bool) -> list[Case]:
+    """The cases of one repeat, in the order they run."""
+    cases: list[Case] = []
+    for name in workloads:
+        workload = WORKLOADS[name]
+        requests = workload.quick_requests if quick else workload.requests
+        config = ASYNCML_CONFIGS[name]
+        most = max(workload.callers)
+        if sweep:
+            cases += [Case(name, "asyncml", most, requests, c) for c in SWEEP_CONFIGS]
+            continue
+        cases.append(Case(name, "ceiling", 0, requests, config))
+        if name == "W3":
+            cases.append(Case(name, "floor", most, requests, config))
+        for system in CLOSED_LOOP_PEERS:
+            items = min(requests, PROCESS_POOL_ITEMS) if system == "naive-process" else requests
+            cases += [Case(name, system, n, items, config) for n in workload.callers]
+        cases.append(Case(name, "thread-pool", 0, requests, config))
+        if 1 in workload.callers:
+            cases.append(Case(name, "direct-thread", 1, requests, config))
+    return cases
+
+
+def measure_one(case: Case) -> dict[str, Any]:
+    """Runs ``case`` in this process and returns its figures (the child's side)."""
+    if case.system not in LIMITS_OWN_THREADS:
+        # asyncml limits BLAS threads per worker by itself; give everyone else one thread.
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    predict = build_model(case.workload)
+    inputs = make_inputs(case.workload, case.items)
+    expected = [y for i in range(0, len(inputs), 256) for y in predict(inputs[i : i + 256])]
+    measurement = SYSTEMS[case.system](
+        Job(case.workload, predict, inputs, case.callers, case.config)
+    )
+    peak_rss = own_peak_rss_bytes() + measurement.worker_peak_rss_bytes
+    mismatches = 0
+    if measurement.outputs is not None:
+        mismatches = sum(a != b for a, b in zip(measurement.outputs, expected, strict=True))
+    return {**measurement.summary(), "peak_rss_mb": peak_rss / 2**20, "mismatches": mismatches}
+
+
+def run_child(case: Case) -> dict[str, Any]:
+    """Runs ``case`` in a fresh interpreter and returns its figures.
+
+    Raises:
+        RuntimeError: the child failed, timed out or printed no result.
+    """
+    command = [sys.executable, str(Path(__file__).resolve()), "--one", case.to_json()]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"no result within {CHILD_TIMEOUT_S} s") from None
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        tail = done.stderr.strip().splitlines()[-5:]
+        raise RuntimeError(f"exit status {done.returncode}: " + " | ".join(tail))
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def run_all(cases: Sequence[Case], repeats: int) -> list[Row]:
+    """Every case ``repeats`` times, interleaved; one row of medians per case."""
+    results: dict[Case, list[dict[str, Any]]] = {case: [] for case in cases}
+    errors: dict[Case, list[str]] = {case: [] for case in cases}
+    total = repeats * len(cases)
+    for repeat in range(repeats):
+        for index, case in enumerate(cases, 1):
+            step = f"[{repeat * len(cases) + index}/{total}] {case.describe()}"
+            try:
+                result = run_child(case)
+            except RuntimeError as error:
+                errors[case].append(str(error))
+                print(f"{step}: FAILED: {error}", file=sys.stderr, flush=True)
+                continue
+            results[case].append(result)
+            note = f", {result['mismatches']} WRONG OUTPUTS" if result["mismatches"] else ""
+            print(f"{step}: {result['items_per_s']:,.0f} items/s{note}", file=sys.stderr, flush=True)
+    rows = [
+        summarise(
+            case.workload,
+            case.system,
+            case.callers,
+            case.items,
+            case.config_label(),
+            results[case],
+            errors[case],
+        )
+        for case in cases
+    ]
+    add_ratios(rows)
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--workloads",
+        default=",".join(WORKLOADS),
+        help=f"comma-separated workload ids (default: {','.join(WORKLOADS)})",
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer requests, one repeat")
+    parser.add_argument("--repeats", type=int, help="runs per case (default 3; 1 with --quick)")
+    parser.add_argument("--json", type=Path, help="write the rows to this file")
+    parser.add_argument(
+        "--sweep", action="store_true", help="compare asyncml settings instead of systems"
+    )
+    parser.add_argument("--one", metavar="CASE", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.one is not None:
+        print(json.dumps(measure_one(Case.from_json(args.one))), flush=True)
+        return 0
+
+    workloads = [name.strip() for name in args.workloads.split(",") if name.strip()]
+    unknown = [name for name in workloads if name not in WORKLOADS]
+    if unknown:
+        parser.error(f"unknown workloads {unknown}; known: {', '.join(WORKLOADS)}")
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
+    if repeats < 1:
+        parser.error("--repeats must be at least 1")
+
+    rows = run_all(plan(workloads, quick=args.quick, sweep=args.sweep), repeats)
+    print(format_table(rows))
+    if args.json is not None:
+        args.json.write_text(json.dumps([asdict(row) for row in rows], indent=2) + "\n")
+    failed = any(row.errors for row in rows) or any(row.mismatches for row in rows)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
