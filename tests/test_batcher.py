@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import Iterator
 
@@ -279,3 +280,33 @@ async def test_statistics_add_up() -> None:
     assert stats.batches == sum(stats.batch_sizes.values())
     assert stats.latency.count == 10
     assert stats.mean_batch_size > 0
+
+
+async def test_map_reports_a_refused_item_in_its_place(clock: FakeClockLoop) -> None:
+    model = GatedModel()
+    model.gate.clear()
+    async with asyncml.load(model, max_queue=1, max_batch_size=1) as m:
+        blocker = m.call_nowait("blocker")
+        await model.started.wait()
+        clock.call_later(5.0, model.gate.set)
+        results = await m.map(["a", "b"], timeout=1.0, return_exceptions=True)
+        await blocker
+    assert isinstance(results[0], asyncml.ItemTimeout)  # queued, expired before dispatch
+    assert isinstance(results[1], asyncml.ItemTimeout)  # never found room
+    assert [r.index for r in results if isinstance(r, asyncml.AsyncmlError)] == [0, 1]
+
+
+async def test_closing_as_completed_cancels_the_outstanding_items() -> None:
+    model = GatedModel()
+    async with asyncml.load(model, max_batch_size=2, max_queue=6) as m:
+        results = m.as_completed(range(100))
+        async with contextlib.aclosing(results):
+            async for index, _ in results:
+                if index == 3:
+                    model.gate.clear()
+                    break
+        model.gate.set()
+    stats = m.statistics()  # cancelled items leave the queue when it is next served
+    assert stats.submitted < 20
+    assert stats.cancelled > 0
+    assert stats.submitted == stats.completed + stats.cancelled

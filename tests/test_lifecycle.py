@@ -182,3 +182,94 @@ def test_ctrl_c_stops_the_workers() -> None:
     summary = output.strip().splitlines()[-1]
     assert summary.startswith("interrupted")
     assert "alive=[]" in summary
+
+
+async def test_cancelling_during_setup_stops_the_started_workers() -> None:
+    setup_started = threading.Event()
+    release = threading.Event()
+    closed: list[int] = []
+
+    class SlowSetup(asyncml.Model[int, int]):
+        def setup(self) -> None:
+            setup_started.set()
+            release.wait(timeout=10)
+
+        def predict(self, batch: list[int]) -> list[int]:
+            return batch
+
+        def close(self) -> None:
+            closed.append(1)
+
+    async def owner() -> None:
+        async with asyncml.load(SlowSetup, workers=2):
+            pytest.fail("must not start")
+
+    task = asyncio.ensure_future(owner())
+    await wait_event(setup_started)
+    task.cancel()
+    asyncio.get_running_loop().call_later(0.01, release.set)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert closed == [1, 1]
+
+
+async def test_a_failing_warmup_still_closes_what_setup_opened() -> None:
+    closed: list[str] = []
+
+    class ColdStart(asyncml.Model[int, int]):
+        def warmup(self) -> None:
+            raise RuntimeError("dummy batch failed")
+
+        def predict(self, batch: list[int]) -> list[int]:
+            return batch
+
+        def close(self) -> None:
+            closed.append("closed")
+
+    with pytest.raises(asyncml.SetupError, match="dummy batch failed"):
+        async with asyncml.load(ColdStart):
+            pass
+    assert closed == ["closed"]
+
+
+async def test_blas_limits_are_restored_after_the_block() -> None:
+    import numpy  # noqa: F401 - loads the BLAS library whose pool is limited
+
+    def blas_threads() -> list[int]:
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    before = await asyncio.to_thread(blas_threads)  # reads /proc: not on the loop
+
+    def identity(batch: list[int]) -> list[int]:
+        return batch
+
+    for _ in range(5):
+        async with asyncml.load(identity, workers=2, intra_op_threads=1) as m:
+            await m.map(range(10))
+        assert await asyncio.to_thread(blas_threads) == before
+
+
+async def test_a_close_failure_does_not_hide_the_blocks_own_error() -> None:
+    class BadClose(asyncml.Model[int, int]):
+        def predict(self, batch: list[int]) -> list[int]:
+            return batch
+
+        def close(self) -> None:
+            raise ValueError("flush failed")
+
+    with pytest.raises(KeyError) as caught:
+        async with asyncml.load(BadClose):
+            raise KeyError("the real problem")
+    assert any("flush failed" in note for note in caught.value.__notes__)
+
+
+def test_thread_workers_refuse_async_lifecycle_methods() -> None:
+    class AsyncSetup(asyncml.Model[int, int]):
+        async def setup(self) -> None:
+            pass
+
+        def predict(self, batch: list[int]) -> list[int]:
+            return batch
+
+    with pytest.raises(TypeError, match="async setup"):
+        asyncml.load(AsyncSetup, executor="thread")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -32,6 +31,7 @@ from .executors import Executor
 _Entry = tuple[Any, "asyncio.Future[Any]", float, float]
 _NO_DEADLINE = float("inf")
 _LATENCY_WINDOW = 4096
+_LATENCY_SAMPLES_PER_BATCH = 16
 
 
 class Batcher:
@@ -53,8 +53,11 @@ class Batcher:
         self._dispatch_scheduled = False
         self._wait_timer: asyncio.TimerHandle | None = None
         self._space_waiters: deque[asyncio.Future[None]] = deque()
+        self._reserved = 0  # room promised to woken waiters that have not queued yet
         self._idle_waiter: asyncio.Future[None] | None = None
         self._closed = False
+        self._maybe_dropped = 0
+        self._scanned_since_dispatch = False
         self._submitted = self._completed = self._failed = 0
         self._timed_out = self._cancelled = 0
         self._in_flight = 0
@@ -72,8 +75,10 @@ class Batcher:
         """
         if self._closed:
             raise self._closed_error()
-        if len(self._queue) >= self._max_queue and not self._make_room():
+        if len(self._queue) + self._reserved >= self._max_queue and not self._has_room():
             return None
+        if timeout is None and self._timeout is None:
+            return self._enqueue(item, _NO_DEADLINE)
         return self._enqueue(item, self._deadline(timeout))
 
     def submit_nowait(self, item: Any, timeout: float | None) -> asyncio.Future[Any]:
@@ -94,21 +99,28 @@ class Batcher:
     async def submit(self, item: Any, timeout: float | None) -> asyncio.Future[Any]:
         """Queues ``item``, waiting for room if the queue is full; returns its future.
 
+        Callers waiting for room are served first come, first served.
+
         Raises:
             ItemTimeout: the deadline passed while waiting for room.
             Closed: the model was closed before the item was queued.
         """
         deadline = self._deadline(timeout)
-        queue_behind_others = True  # first come, first served, until it is our turn
-        while True:
-            if self._closed:
-                raise self._closed_error()
-            if not (queue_behind_others and self._space_waiters) and (
-                len(self._queue) < self._max_queue or self._make_room()
-            ):
-                return self._enqueue(item, deadline)
-            await self._wait_for_room(deadline)
-            queue_behind_others = False
+        if self._closed:
+            raise self._closed_error()
+        if not self._space_waiters and self._has_room():
+            return self._enqueue(item, deadline)
+        await self._wait_for_room(deadline)
+        self._reserved -= 1  # the room reserved for us when we were woken
+        if self._closed:
+            raise self._closed_error()
+        return self._enqueue(item, deadline)
+
+    def _has_room(self) -> bool:
+        if len(self._queue) + self._reserved < self._max_queue:
+            return True
+        self._make_room()
+        return len(self._queue) + self._reserved < self._max_queue
 
     async def _wait_for_room(self, deadline: float) -> None:
         waiter = self._loop.create_future()
@@ -120,26 +132,45 @@ class Batcher:
                 async with asyncio.timeout_at(deadline):
                     await waiter
         except TimeoutError:
+            self._leave_waiting(waiter)
             raise self._timeout_error() from None
-        finally:
-            if not waiter.done():
-                waiter.cancel()
-                self._space_waiters.remove(waiter)
-            elif not waiter.cancelled():
-                # Woken, but if we leave (cancelled, timed out) the room is someone else's.
-                self._wake_space_waiters()
+        except BaseException:
+            self._leave_waiting(waiter)
+            raise
+
+    def _leave_waiting(self, waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            waiter.cancel()
+            self._space_waiters.remove(waiter)
+        elif not waiter.cancelled():
+            # Woken with room reserved, but leaving: the room goes to the next in line.
+            self._reserved -= 1
+            self._wake_space_waiters()
 
     def _wake_space_waiters(self) -> None:
-        room = self._max_queue - len(self._queue)
+        room = self._max_queue - len(self._queue) - self._reserved
         waiters = self._space_waiters
         while waiters and (room > 0 or self._closed):
             waiter = waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
+                self._reserved += 1
                 room -= 1
 
-    def _make_room(self) -> bool:
-        """Drops cancelled and expired items from the queue; True if there is room now."""
+    def note_dropped(self, count: int = 1) -> None:
+        """Hints that ``count`` items were cancelled, so compacting a full queue may help."""
+        self._maybe_dropped += count
+
+    def _make_room(self) -> None:
+        """Drops cancelled and expired items from the queue.
+
+        Scans once per dispatch, and again only after a known cancellation or expiry:
+        otherwise callers piling up at a full queue would each rescan it, quadratically.
+        """
+        if not self._maybe_dropped and self._scanned_since_dispatch:
+            return
+        self._maybe_dropped = 0
+        self._scanned_since_dispatch = True
         kept: deque[_Entry] = deque()
         for entry in self._queue:
             if entry[1].done():
@@ -147,7 +178,6 @@ class Batcher:
             else:
                 kept.append(entry)
         self._queue = kept
-        return len(kept) < self._max_queue
 
     def _deadline(self, timeout: float | None) -> float:
         if timeout is None:
@@ -158,7 +188,7 @@ class Batcher:
 
     def _enqueue(self, item: Any, deadline: float) -> asyncio.Future[Any]:
         loop = self._loop
-        future = loop.create_future()
+        future: asyncio.Future[Any] = asyncio.Future(loop=loop)
         now = loop.time()
         if deadline != _NO_DEADLINE:
             timer = loop.call_at(deadline, self._expire, future)
@@ -174,11 +204,13 @@ class Batcher:
         # Counted when the item leaves the queue or its batch, so the totals always add up.
         if not future.done():
             future.set_exception(self._timeout_error())
+            self._maybe_dropped += 1
 
     # -- dispatch -------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
         self._dispatch_scheduled = False
+        self._scanned_since_dispatch = False
         if self._wait_timer is not None:
             self._wait_timer.cancel()
             self._wait_timer = None
@@ -204,12 +236,13 @@ class Batcher:
 
     def _take(self) -> tuple[list[_Entry], list[Any]]:
         queue = self._queue
+        popleft = queue.popleft
+        entries = [popleft() for _ in range(min(len(queue), self._max_batch))]
         now = self._loop.time()
-        limit = self._max_batch
+        if all(entry[3] > now and not entry[1].done() for entry in entries):
+            return entries, [entry[0] for entry in entries]
         live: list[_Entry] = []
-        items: list[Any] = []
-        while queue and len(live) < limit:
-            entry = queue.popleft()
+        for entry in entries:
             future = entry[1]
             if future.done():
                 self._count_dropped(future)
@@ -218,16 +251,14 @@ class Batcher:
                 self._timed_out += 1
             else:
                 live.append(entry)
-                items.append(entry[0])
-        return live, items
+        return live, [entry[0] for entry in live]
 
     def _complete(self, live: list[_Entry], outcome: BatchOutcome) -> None:
         self._free += 1
         self._in_flight -= len(live)
-        values: Sequence[Any] = outcome.values
         errors = outcome.errors
         completed = failed = 0
-        for index, entry in enumerate(live):
+        for index, (entry, value) in enumerate(zip(live, outcome.values, strict=True)):
             future = entry[1]
             if future.done():  # cancelled or expired while its batch ran
                 self._count_dropped(future)
@@ -235,12 +266,14 @@ class Batcher:
                 future.set_exception(errors[index])
                 failed += 1
             else:
-                future.set_result(values[index])
+                future.set_result(value)
                 completed += 1
         self._completed += completed
         self._failed += failed
+        # A sample of each batch's latencies: enough for percentiles, cheap per item.
         now = self._loop.time()
-        self._latencies.extend([now - entry[2] for entry in live])
+        step = len(live) // _LATENCY_SAMPLES_PER_BATCH + 1
+        self._latencies.extend([now - entry[2] for entry in live[::step]])
         if self._queue and not self._dispatch_scheduled:
             # Deferred, so that the callers this batch just woke can join the next batch.
             self._dispatch_scheduled = True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from functools import partial
 from types import TracebackType
 from typing import Any, Generic, Literal, overload
@@ -71,7 +71,13 @@ class LoadedModel(Generic[In, Out]):
                 drained = True
         finally:
             batcher.abort()
-            await self._executor.aclose(graceful=drained)
+            try:
+                await self._executor.aclose(graceful=drained)
+            except AsyncmlError as close_error:
+                if exc is None:
+                    raise
+                # The block's own exception matters more; keep the close failure beside it.
+                exc.add_note(f"while closing model {self.name!r}: {close_error}")
 
     def _running(self) -> Batcher:
         if self._batcher is None:
@@ -98,7 +104,11 @@ class LoadedModel(Generic[In, Out]):
         future = batcher.try_submit(item, timeout)
         if future is None:
             future = await batcher.submit(item, timeout)
-        result: Out = await future
+        try:
+            result: Out = await future
+        except asyncio.CancelledError:
+            batcher.note_dropped()
+            raise
         return result
 
     def call_nowait(self, item: In, *, timeout: float | None = None) -> asyncio.Future[Out]:
@@ -138,7 +148,7 @@ class LoadedModel(Generic[In, Out]):
             for item in items:
                 future = batcher.try_submit(item, timeout)
                 if future is None:
-                    future = await batcher.submit(item, timeout)
+                    future = await _submit_or_fail(batcher, item, timeout)
                 futures.append(future)
             results: list[Any] = []
             for index, future in enumerate(futures):
@@ -151,7 +161,7 @@ class LoadedModel(Generic[In, Out]):
                     results.append(error)
             return results
         finally:
-            _abandon(futures)
+            batcher.note_dropped(_abandon(futures))
 
     async def as_completed(
         self,
@@ -159,11 +169,13 @@ class LoadedModel(Generic[In, Out]):
         *,
         timeout: float | None = None,
         return_exceptions: bool = False,
-    ) -> AsyncIterator[tuple[int, Out]]:
+    ) -> AsyncGenerator[tuple[int, Out], None]:
         """Yields ``(index, result)`` pairs as items finish, submitting as results are taken.
 
         At most the model's queue size of items is outstanding at a time, so ``items`` may be
-        an endless generator. Leaving the loop early cancels the outstanding items.
+        an endless generator. Closing the generator (leaving an ``async with
+        contextlib.aclosing(...)`` block, or its garbage collection after ``break``) cancels
+        the outstanding items.
 
         Raises:
             AsyncmlError: a failed item's error (its ``index`` set), unless
@@ -200,26 +212,45 @@ class LoadedModel(Generic[In, Out]):
                     yield await next_finished()
                 future = batcher.try_submit(item, timeout)
                 if future is None:
-                    future = await batcher.submit(item, timeout)
+                    future = await _submit_or_fail(batcher, item, timeout)
                 outstanding[index] = future
                 future.add_done_callback(partial(on_done, index))
             while outstanding:
                 yield await next_finished()
         finally:
-            _abandon(outstanding.values())
+            batcher.note_dropped(_abandon(outstanding.values()))
 
     def statistics(self) -> ModelStatistics:
         """A frozen snapshot: counters, queue depth, batch-size histogram, latency."""
         return self._running().statistics()
 
 
-def _abandon(futures: Iterable[asyncio.Future[Any]]) -> None:
-    """Cancels unfinished futures and marks failed ones as seen (no 'never retrieved')."""
+async def _submit_or_fail(
+    batcher: Batcher, item: Any, timeout: float | None
+) -> asyncio.Future[Any]:
+    """Waits for room and queues ``item``; a refusal becomes the item's failed future, so
+    ``map`` and ``as_completed`` report it in the item's place like any other failure."""
+    try:
+        return await batcher.submit(item, timeout)
+    except AsyncmlError as error:
+        failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        failed.set_exception(error)
+        return failed
+
+
+def _abandon(futures: Iterable[asyncio.Future[Any]]) -> int:
+    """Cancels unfinished futures and marks failed ones as seen (no 'never retrieved').
+
+    Returns how many it cancelled.
+    """
+    cancelled = 0
     for future in futures:
         if not future.done():
             future.cancel()
+            cancelled += 1
         elif not future.cancelled():
             future.exception()
+    return cancelled
 
 
 @overload

@@ -81,10 +81,13 @@ class ModelSpec:
 
     name: str
     factory: Callable[[], Model[Any, Any]]
+    #: ``predict`` is ``async def``
     is_async: bool
     max_batch_size: int
     max_wait: float
     collate: Collate
+    #: ``setup``, ``warmup`` or ``close`` is ``async def``
+    async_lifecycle: bool = False
 
     def create(self) -> Model[Any, Any]:
         """Builds a fresh model instance for one worker (``setup()`` not yet called)."""
@@ -141,8 +144,10 @@ def model_spec(
         default_name = getattr(model, "__name__", None) or type(model).__name__
     else:
         raise TypeError(f"expected a Model subclass, a Model instance or a function, got {model!r}")
+    lifecycle = [getattr(defaults, hook, None) for hook in ("setup", "warmup", "close")]
     spec = ModelSpec(
         name=name or default_name,
+        async_lifecycle=any(inspect.iscoroutinefunction(hook) for hook in lifecycle),
         factory=factory,
         is_async=is_async,
         max_batch_size=defaults.max_batch_size if max_batch_size is None else max_batch_size,

@@ -2,16 +2,21 @@
 
 BLAS and OpenMP pools default to one thread per core. With several workers each running a
 model, that is workers x cores threads fighting over the cores: scikit-learn's MLP ran 60x
-slower at batch 128 on two cores that way. Each worker therefore limits its own pools, after
-``setup()`` (the libraries are loaded by then), and restores them when it stops.
+slower at batch 128 on two cores that way. Each worker therefore limits the pools after
+``setup()`` (the libraries are loaded by then) and releases the limit when it stops.
+
+BLAS pools and torch's intra-op pool are process-wide, while OpenMP's setting belongs to the
+calling thread, so workers share one process-wide record of the original sizes: the first
+worker to meet a library notes its size, and the last worker to leave puts every library
+back. (With two models in one process, the most recent limit applies to both.)
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
-from typing import Literal
+import threading
+from typing import Any, Literal
 
 IntraOpThreads = int | Literal["auto"] | None
 
@@ -31,25 +36,65 @@ def resolve_intra_op_threads(setting: IntraOpThreads, workers: int) -> int | Non
     return setting
 
 
-def limit_intra_op_threads(threads: int | None) -> Callable[[], None]:
-    """Limits BLAS, OpenMP and (if loaded) torch thread pools; returns the undo function."""
-    if threads is None:
-        return _nothing
-    from threadpoolctl import threadpool_limits
+class _ProcessLimits:
+    """Reference-counted limits on the process's thread pools."""
 
-    limits = threadpool_limits(limits=threads)
-    torch = sys.modules.get("torch")
-    torch_before = torch.get_num_threads() if torch is not None else None
-    if torch is not None:
-        torch.set_num_threads(threads)
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._originals: dict[str, int] = {}  # library path -> its size before any limit
+        self._torch_original: int | None = None
 
-    def restore() -> None:
-        limits.restore_original_limits()
-        if torch is not None and torch_before is not None:
-            torch.set_num_threads(torch_before)
+    def acquire(self, threads: int) -> None:
+        from threadpoolctl import ThreadpoolController
 
-    return restore
+        with self._lock:
+            self._holders += 1
+            for library in ThreadpoolController().lib_controllers:
+                self._originals.setdefault(library.filepath, library.num_threads)
+                library.set_num_threads(threads)
+            torch: Any = sys.modules.get("torch")
+            if torch is not None:
+                if self._torch_original is None:
+                    self._torch_original = torch.get_num_threads()
+                torch.set_num_threads(threads)
+
+    def release(self) -> None:
+        from threadpoolctl import ThreadpoolController
+
+        with self._lock:
+            self._holders -= 1
+            if self._holders:
+                return
+            for library in ThreadpoolController().lib_controllers:
+                original = self._originals.get(library.filepath)
+                if original is not None:
+                    library.set_num_threads(original)
+            self._originals.clear()
+            torch: Any = sys.modules.get("torch")
+            if torch is not None and self._torch_original is not None:
+                torch.set_num_threads(self._torch_original)
+            self._torch_original = None
 
 
-def _nothing() -> None:
-    pass
+_limits = _ProcessLimits()
+
+
+class IntraOpLimit:
+    """One worker's hold on the thread-pool limits: ``apply()`` after setup, ``release()``
+    when the worker stops (safe to call when nothing was applied)."""
+
+    def __init__(self, threads: int | None):
+        self._threads = threads
+        self._held = False
+
+    def apply(self) -> None:
+        if self._threads is None or self._held:
+            return
+        _limits.acquire(self._threads)
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            _limits.release()

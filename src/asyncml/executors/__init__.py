@@ -1,7 +1,20 @@
-"""Where model code runs: the executor interface and the built-in executors."""
+"""Where model code runs: the executor interface, the built-in executors, and what a new
+executor needs to run a model's batches (its spec, and the batch runners that isolate
+failing items)."""
 
+from .._batch import BatchOutcome, arun_batch, run_batch
+from .._model import ModelSpec
 from ._base import BatchDone, Executor
 from ._inline import InlineExecutor
 from ._thread import ThreadExecutor
 
-__all__ = ["BatchDone", "Executor", "InlineExecutor", "ThreadExecutor"]
+__all__ = [
+    "BatchDone",
+    "BatchOutcome",
+    "Executor",
+    "InlineExecutor",
+    "ModelSpec",
+    "ThreadExecutor",
+    "arun_batch",
+    "run_batch",
+]

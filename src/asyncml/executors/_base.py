@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._batch import BatchOutcome
+from .._errors import AsyncmlError
 from .._model import ModelSpec
 
 #: Called exactly once per submitted batch, on the event loop's thread.
@@ -58,3 +59,13 @@ class Executor(ABC):
         batch already running in one still finishes. Every outstanding ``done`` has been
         called when this returns.
         """
+
+
+def close_failed(model: str, error: BaseException) -> AsyncmlError:
+    """The error an executor's ``aclose`` raises when a worker's ``close()`` failed."""
+    failure = AsyncmlError(
+        f"model {model!r}: close() failed in a worker: {type(error).__name__}: {error}",
+        model=model,
+    )
+    failure.__cause__ = error
+    return failure

@@ -8,6 +8,7 @@ the executor's task group.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from .._batch import BatchOutcome, arun_batch
 from .._errors import AsyncmlError, Closed, ModelError, SetupError
 from .._model import Model, ModelSpec
-from ._base import BatchDone, Executor
+from ._base import BatchDone, Executor, close_failed
 
 
 class InlineExecutor(Executor):
@@ -53,8 +54,11 @@ class InlineExecutor(Executor):
             try:
                 await _call(model.setup)
                 await _call(model.warmup)
-            except Exception as exc:
-                await self._close_models()  # the workers that did start
+            except BaseException as exc:
+                with contextlib.suppress(AsyncmlError):
+                    await self._close_models()  # the workers that did start
+                if not isinstance(exc, Exception):
+                    raise  # a cancellation, not a failure of the model
                 raise SetupError(
                     f"model {spec.name!r} failed to start in inline worker {index}: "
                     f"{type(exc).__name__}: {exc}",
@@ -106,7 +110,7 @@ class InlineExecutor(Executor):
                 errors.append(exc)
         self._models = []
         if errors:
-            raise AsyncmlError(f"a worker's close() failed: {errors[0]!r}") from errors[0]
+            raise close_failed(self._spec.name if self._spec else "?", errors[0])
 
 
 async def _call(method: Callable[[], Any]) -> None:

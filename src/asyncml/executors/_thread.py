@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._batch import BatchOutcome, run_batch
-from .._errors import AsyncmlError, Closed, ModelError, SetupError
+from .._errors import Closed, ModelError, SetupError
 from .._model import ModelSpec
 from .._shield import wait_shielded
-from .._threads import IntraOpThreads, limit_intra_op_threads, resolve_intra_op_threads
-from ._base import BatchDone, Executor
+from .._threads import IntraOpLimit, IntraOpThreads, resolve_intra_op_threads
+from ._base import BatchDone, Executor, close_failed
 
 _Job = tuple[Sequence[Any], BatchDone] | None
 
@@ -53,6 +53,11 @@ class ThreadExecutor(Executor):
                 f"model {spec.name!r} has an async predict(); thread workers run synchronous "
                 "code: use executor='inline'"
             )
+        if spec.async_lifecycle:
+            raise TypeError(
+                f"model {spec.name!r} has an async setup(), warmup() or close(); thread workers "
+                "run synchronous code: make them plain methods, or use executor='inline'"
+            )
 
     async def start(self, spec: ModelSpec) -> None:
         loop = asyncio.get_running_loop()
@@ -73,13 +78,13 @@ class ThreadExecutor(Executor):
         setups = asyncio.gather(*self._started, return_exceptions=True)
         try:
             await wait_shielded(setups)
-        finally:
-            failures = [r for r in setups.result() if isinstance(r, BaseException)]
-            if failures:
-                await self.aclose(graceful=False)
+        except asyncio.CancelledError:
+            await self._stop_workers(graceful=False)
+            raise
+        failures = [(i, r) for i, r in enumerate(setups.result()) if isinstance(r, BaseException)]
         if failures:
-            worker = next(i for i, f in enumerate(self._started) if f.exception() is not None)
-            cause = failures[0]
+            await self._stop_workers(graceful=False)
+            worker, cause = failures[0]
             raise SetupError(
                 f"model {spec.name!r} failed to start in thread worker {worker}: "
                 f"{type(cause).__name__}: {cause}",
@@ -91,6 +96,12 @@ class ThreadExecutor(Executor):
         self._jobs.put((items, done))
 
     async def aclose(self, *, graceful: bool) -> None:
+        errors = await self._stop_workers(graceful=graceful)
+        if errors:
+            raise close_failed(self._name, errors[0])
+
+    async def _stop_workers(self, *, graceful: bool) -> list[BaseException]:
+        """Stops every thread; returns the errors their models' close() raised."""
         if not graceful:
             self._fail_waiting_jobs()
         for _ in self._threads:
@@ -100,9 +111,7 @@ class ThreadExecutor(Executor):
         for thread in self._threads:
             thread.join()  # each signalled its end as its last act: this returns at once
         self._threads = []
-        errors = [r for r in stops.result() if isinstance(r, BaseException)]
-        if errors:
-            raise AsyncmlError(f"a worker's close() failed: {errors[0]!r}") from errors[0]
+        return [r for r in stops.result() if isinstance(r, BaseException)]
 
     def _fail_waiting_jobs(self) -> None:
         while True:
@@ -119,18 +128,21 @@ class ThreadExecutor(Executor):
 
     def _work(self, spec: ModelSpec, loop: asyncio.AbstractEventLoop, index: int) -> None:
         started, stopped = self._started[index], self._stopped[index]
-        try:
-            model = spec.create()
-            model.setup()
-            restore_pools = limit_intra_op_threads(self._pool_threads)
-            model.warmup()
-        except BaseException as exc:
-            loop.call_soon_threadsafe(_settle, started, exc)
-            loop.call_soon_threadsafe(_settle, stopped, None)
-            return
-        loop.call_soon_threadsafe(_settle, started, None)
+        limit = IntraOpLimit(self._pool_threads)
+        model = None
+        set_up = False  # close() releases what setup() acquired, also if warmup() fails
         close_error: BaseException | None = None
         try:
+            try:
+                model = spec.create()
+                model.setup()
+                set_up = True
+                limit.apply()
+                model.warmup()
+            except BaseException as exc:
+                loop.call_soon_threadsafe(_settle, started, exc)
+                return
+            loop.call_soon_threadsafe(_settle, started, None)
             while (job := self._jobs.get()) is not None:
                 items, done = job
                 try:
@@ -140,11 +152,12 @@ class ThreadExecutor(Executor):
                     outcome = BatchOutcome.failure(len(items), error)
                 loop.call_soon_threadsafe(done, outcome)
         finally:
-            try:
-                model.close()
-            except BaseException as exc:
-                close_error = exc
-            restore_pools()
+            if model is not None and set_up:
+                try:
+                    model.close()
+                except BaseException as exc:
+                    close_error = exc
+            limit.release()
             loop.call_soon_threadsafe(_settle, stopped, close_error)
 
 
