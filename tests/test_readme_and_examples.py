@@ -1,0 +1,60 @@
+"""The README's quickstart and every program in examples/ run, offline, as shipped."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def run_python(source: str | Path, timeout: float = 120) -> str:
+    args = [str(source)] if isinstance(source, Path) else ["-c", source]
+    done = subprocess.run(
+        [sys.executable, "-W", "error", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    return done.stdout
+
+
+def test_the_quickstart_runs() -> None:
+    quickstart = README.split("## Quickstart", 1)[1]
+    code = re.search(r"```python\n(.*?)```", quickstart, re.S)
+    assert code is not None
+    output = run_python(code.group(1))
+    assert "failed: model 'Normalizer' failed" in output
+    assert output.strip().endswith("items per batch")
+
+
+def test_the_readme_gives_exactly_the_two_set_up_commands_ci_runs() -> None:
+    commands = re.findall(r"^(python3 -m venv .*?)  # (main job|tests)$", README, re.M)
+    assert [label for _, label in commands] == ["main job", "tests"]
+    assert "examples/classify_digits.py" in commands[0][0]
+    assert "pytest" in commands[1][0]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert 'readme_command "main job"' in ci
+    assert 'readme_command "tests"' in ci
+
+
+#: What each example must print (a regular expression); every example must be listed.
+EXPECTED = {
+    "classify_digits.py": r"64 clients classified 17,980 digits .* accuracy 9\d\.\d%"
+    r".*batches of .* event-loop lag p99",
+}
+
+
+@pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.py")), ids=lambda p: p.name)
+def test_every_example_runs(example: Path) -> None:
+    assert example.name in EXPECTED, f"add what {example.name} must print to EXPECTED"
+    output = run_python(example)
+    assert re.search(EXPECTED[example.name], output, re.S), output
