@@ -2,7 +2,8 @@
 
 Every ratio compares figures measured in the same invocation, on the same machine, with the
 runs of all systems interleaved: a ratio is meaningful, an absolute items/s across runs or
-machines much less so.
+machines much less so. A ratio is the median over repeats of the ratio within each repeat,
+so that a slow spell of the machine during one repeat weighs on both sides of it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ class Row:
     """One (workload, system, callers, config) cell: medians over its repeats.
 
     ``callers`` is 0 for systems with no closed-loop callers (the ceiling, the thread pool);
-    such peers are compared with the asyncml rows at every caller count.
+    such peers are compared with the asyncml rows at every caller count. ``runs`` and
+    ``runs_p50_ms`` hold each repeat's figure, ``None`` where that repeat failed.
     """
 
     workload: str
@@ -36,7 +38,8 @@ class Row:
     p50_ms: float | None
     p99_ms: float | None
     peak_rss_mb: float | None
-    runs: list[float]
+    runs: list[float | None]
+    runs_p50_ms: list[float | None]
     batch_size: int | None = None
     mean_batch_size: float | None = None
     loop_lag_p99_ms: float | None = None
@@ -55,10 +58,11 @@ def summarise(
     callers: int,
     items: int,
     config: str | None,
-    results: Sequence[dict[str, Any]],
+    repeats: Sequence[dict[str, Any] | None],
     errors: Sequence[str],
 ) -> Row:
-    """The row of one configuration from the results of its successful runs."""
+    """The row of one configuration from each repeat's result (``None``: it failed)."""
+    results = [r for r in repeats if r is not None]
     sizes = [r["batch_size"] for r in results if r["batch_size"] is not None]
     return Row(
         workload=workload,
@@ -70,7 +74,8 @@ def summarise(
         p50_ms=_median(results, "p50_ms"),
         p99_ms=_median(results, "p99_ms"),
         peak_rss_mb=_median(results, "peak_rss_mb"),
-        runs=[r["items_per_s"] for r in results],
+        runs=[None if r is None else r["items_per_s"] for r in repeats],
+        runs_p50_ms=[None if r is None else r["p50_ms"] for r in repeats],
         batch_size=Counter(sizes).most_common(1)[0][0] if sizes else None,
         mean_batch_size=_median(results, "mean_batch_size"),
         loop_lag_p99_ms=_median(results, "loop_lag_p99_ms"),
@@ -90,8 +95,8 @@ def add_ratios(rows: Sequence[Row]) -> None:
         same = [r for r in rows if r.workload == row.workload and r.items_per_s]
         ceiling = next((r for r in same if r.system == "ceiling"), None)
         floor = next((r for r in same if r.system == "floor"), None)
-        row.ratio_to_ceiling = _ratio(row.items_per_s, ceiling)
-        row.ratio_to_floor = _ratio(row.items_per_s, floor)
+        row.ratio_to_ceiling = _ratio(row.runs, ceiling)
+        row.ratio_to_floor = _ratio(row.runs, floor)
         if row.system != "asyncml":
             continue
         peers = [
@@ -100,20 +105,30 @@ def add_ratios(rows: Sequence[Row]) -> None:
             if r.system not in (*REFERENCES, "asyncml") and r.callers in (0, row.callers)
         ]
         row.ratio_to_peers = {
-            p.system: ratio for p in peers if (ratio := _ratio(row.items_per_s, p)) is not None
+            p.system: ratio for p in peers if (ratio := _ratio(row.runs, p)) is not None
         }
         naive = [p for p in peers if p.system in NAIVE_PEERS]
         if naive:
             row.best_naive = max(naive, key=lambda p: p.items_per_s or 0.0).system
         direct = next((p for p in peers if p.system == "direct-thread"), None)
-        if direct is not None and direct.p50_ms and row.p50_ms is not None:
-            row.p50_ratio_to_direct = row.p50_ms / direct.p50_ms
+        if direct is not None:
+            row.p50_ratio_to_direct = _paired_ratio(row.runs_p50_ms, direct.runs_p50_ms)
 
 
-def _ratio(value: float | None, reference: Row | None) -> float | None:
-    if value is None or reference is None or not reference.items_per_s:
-        return None
-    return value / reference.items_per_s
+def _ratio(runs: Sequence[float | None], reference: Row | None) -> float | None:
+    return None if reference is None else _paired_ratio(runs, reference.runs)
+
+
+def _paired_ratio(
+    values: Sequence[float | None], references: Sequence[float | None]
+) -> float | None:
+    """The median of ``value / reference`` over the repeats where both were measured."""
+    ratios = [
+        value / reference
+        for value, reference in zip(values, references, strict=True)
+        if value is not None and reference
+    ]
+    return statistics.median(ratios) if ratios else None
 
 
 _COLUMNS = (

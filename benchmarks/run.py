@@ -15,6 +15,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,21 +26,28 @@ from report import Row, add_ratios, format_table, summarise
 from systems import LIMITS_OWN_THREADS, SYSTEMS, BatchConfig, Job
 from workloads import WORKLOADS, build_model, make_inputs
 
-#: asyncml's settings per workload, chosen with ``--sweep`` (256 callers, this machine).
+#: asyncml's settings per workload: the best of ``--sweep`` at 256 callers on two cores
+#: (W2: one worker with 256 beat two workers and 128 by 1.2-1.5x; W3: within noise).
 #: The hand batcher uses the same max batch size.
 ASYNCML_CONFIGS: dict[str, BatchConfig] = {
-    "W2": BatchConfig(workers=1, max_batch_size=128),
+    "W2": BatchConfig(workers=1, max_batch_size=256),
     "W3": BatchConfig(workers=1, max_batch_size=256),
 }
 #: The settings ``--sweep`` compares.
-SWEEP_CONFIGS = tuple(
-    BatchConfig(workers=workers, max_batch_size=size) for workers in (1, 2) for size in (128, 256)
+SWEEP_CONFIGS = (
+    *(BatchConfig(workers=w, max_batch_size=size) for w in (1, 2) for size in (128, 256)),
+    *(BatchConfig(workers=1, max_batch_size=size, intra_op_threads=1) for size in (128, 256)),
 )
-#: Process-pool peers pay a pickle round trip per item: fewer requests keep them short,
-#: and items/s stays comparable.
-PROCESS_POOL_ITEMS = 2_000
-#: Systems measured at each of the workload's caller counts, then those with their own rule.
-CLOSED_LOOP_PEERS = ("asyncml", "hand-batcher", "naive-thread", "naive-process")
+#: Fewer requests for what runs one item per ``predict`` call (every system at one caller,
+#: and the peers that never batch), so that they take seconds, not minutes; items/s stays
+#: comparable, and each row's ``items`` says how many ran. Process pools also pay a pickle
+#: round trip per item. ``--quick`` divides these by ``QUICK_DIVISOR`` too.
+PER_ITEM_REQUESTS = 5_000
+PROCESS_POOL_REQUESTS = 2_000
+QUICK_DIVISOR = 4
+UNBATCHED_PEERS = frozenset({"naive-thread", "thread-pool", "direct-thread"})
+#: Systems measured at each of the workload's caller counts.
+AT_EACH_CALLER_COUNT = ("asyncml", "hand-batcher", "naive-thread", "naive-process")
 CHILD_TIMEOUT_S = 600
 
 
@@ -85,30 +93,36 @@ def plan(workloads: Sequence[str], *, quick: bool, sweep: bool) -> list[Case]:
         if sweep:
             cases += [Case(name, "asyncml", most, requests, c) for c in SWEEP_CONFIGS]
             continue
-        cases.append(Case(name, "ceiling", 0, requests, config))
+        systems = [("ceiling", 0)]
         if name == "W3":
-            cases.append(Case(name, "floor", most, requests, config))
-        for system in CLOSED_LOOP_PEERS:
-            items = min(requests, PROCESS_POOL_ITEMS) if system == "naive-process" else requests
-            cases += [Case(name, system, n, items, config) for n in workload.callers]
-        cases.append(Case(name, "thread-pool", 0, requests, config))
+            systems.append(("floor", most))
+        systems += [(system, n) for system in AT_EACH_CALLER_COUNT for n in workload.callers]
+        systems.append(("thread-pool", 0))
         if 1 in workload.callers:
-            cases.append(Case(name, "direct-thread", 1, requests, config))
+            systems.append(("direct-thread", 1))
+        divisor = QUICK_DIVISOR if quick else 1
+        for system, callers in systems:
+            items = requests
+            if system == "naive-process":
+                items = min(items, PROCESS_POOL_REQUESTS // divisor)
+            elif callers == 1 or system in UNBATCHED_PEERS:
+                items = min(items, PER_ITEM_REQUESTS // divisor)
+            cases.append(Case(name, system, callers, items, config))
     return cases
 
 
-def measure_one(case: Case) -> dict[str, Any]:
+def measure_one(case: Case, cache_dir: Path | None) -> dict[str, Any]:
     """Runs ``case`` in this process and returns its figures (the child's side)."""
     if case.system not in LIMITS_OWN_THREADS:
         # asyncml limits BLAS threads per worker by itself; give everyone else one thread.
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(1)
-    predict = build_model(case.workload)
-    inputs = make_inputs(case.workload, case.items)
+    predict = build_model(case.workload, cache_dir)
+    inputs = make_inputs(case.workload, case.items, cache_dir)
     expected = [y for i in range(0, len(inputs), 256) for y in predict(inputs[i : i + 256])]
     measurement = SYSTEMS[case.system](
-        Job(case.workload, predict, inputs, case.callers, case.config)
+        Job(case.workload, predict, inputs, case.callers, case.config, cache_dir)
     )
     peak_rss = own_peak_rss_bytes() + measurement.worker_peak_rss_bytes
     mismatches = 0
@@ -117,13 +131,14 @@ def measure_one(case: Case) -> dict[str, Any]:
     return {**measurement.summary(), "peak_rss_mb": peak_rss / 2**20, "mismatches": mismatches}
 
 
-def run_child(case: Case) -> dict[str, Any]:
+def run_child(case: Case, cache_dir: Path) -> dict[str, Any]:
     """Runs ``case`` in a fresh interpreter and returns its figures.
 
     Raises:
         RuntimeError: the child failed, timed out or printed no result.
     """
-    command = [sys.executable, str(Path(__file__).resolve()), "--one", case.to_json()]
+    script = str(Path(__file__).resolve())
+    command = [sys.executable, script, "--one", case.to_json(), "--cache", str(cache_dir)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -138,21 +153,24 @@ def run_child(case: Case) -> dict[str, Any]:
 
 def run_all(cases: Sequence[Case], repeats: int) -> list[Row]:
     """Every case ``repeats`` times, interleaved; one row of medians per case."""
-    results: dict[Case, list[dict[str, Any]]] = {case: [] for case in cases}
+    results: dict[Case, list[dict[str, Any] | None]] = {case: [] for case in cases}
     errors: dict[Case, list[str]] = {case: [] for case in cases}
     total = repeats * len(cases)
-    for repeat in range(repeats):
-        for index, case in enumerate(cases, 1):
-            step = f"[{repeat * len(cases) + index}/{total}] {case.describe()}"
-            try:
-                result = run_child(case)
-            except RuntimeError as error:
-                errors[case].append(str(error))
-                print(f"{step}: FAILED: {error}", file=sys.stderr, flush=True)
-                continue
-            results[case].append(result)
-            note = f", {result['mismatches']} WRONG OUTPUTS" if result["mismatches"] else ""
-            print(f"{step}: {result['items_per_s']:,.0f} items/s{note}", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix="asyncml-bench-") as cache:
+        for repeat in range(repeats):
+            for index, case in enumerate(cases, 1):
+                step = f"[{repeat * len(cases) + index}/{total}] {case.describe()}"
+                try:
+                    result = run_child(case, Path(cache))
+                except RuntimeError as error:
+                    results[case].append(None)
+                    errors[case].append(str(error))
+                    _progress(f"{step}: FAILED: {error}")
+                    continue
+                results[case].append(result)
+                wrong = result["mismatches"]
+                note = f", {wrong} WRONG OUTPUTS" if wrong else ""
+                _progress(f"{step}: {result['items_per_s']:,.0f} items/s{note}")
     rows = [
         summarise(
             case.workload,
@@ -169,6 +187,10 @@ def run_all(cases: Sequence[Case], repeats: int) -> list[Row]:
     return rows
 
 
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
@@ -183,10 +205,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--sweep", action="store_true", help="compare asyncml settings instead of systems"
     )
     parser.add_argument("--one", metavar="CASE", help=argparse.SUPPRESS)
+    parser.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.one is not None:
-        print(json.dumps(measure_one(Case.from_json(args.one))), flush=True)
+        print(json.dumps(measure_one(Case.from_json(args.one), args.cache)), flush=True)
         return 0
 
     workloads = [name.strip() for name in args.workloads.split(",") if name.strip()]
@@ -198,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--repeats must be at least 1")
 
     rows = run_all(plan(workloads, quick=args.quick, sweep=args.sweep), repeats)
-    print(format_table(rows))
+    print(format_table(rows), flush=True)
     if args.json is not None:
         args.json.write_text(json.dumps([asdict(row) for row in rows], indent=2) + "\n")
     failed = any(row.errors for row in rows) or any(row.mismatches for row in rows)

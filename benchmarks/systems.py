@@ -21,12 +21,14 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
-import asyncml
 from loadgen import Measurement, children_peak_rss_bytes, closed_loop
 from peers import BareFutures, HandBatcher
 from workloads import BatchFn, init_worker, worker_predict
+
+import asyncml
 
 #: Batch sizes the ceiling tries; it reports the best.
 CEILING_BATCH_SIZES = (1, 8, 32, 64, 128, 256)
@@ -68,6 +70,8 @@ class Job:
     inputs: list[Any]
     callers: int
     config: BatchConfig
+    #: where the workload keeps what it built once (e.g. a trained model), for workers
+    cache_dir: Path | None = None
 
 
 Driver = Callable[[Job], Measurement]
@@ -105,23 +109,27 @@ def _time_batches(predict: BatchFn, batches: list[list[Any]], size: int) -> Meas
                     return Measurement(items, elapsed, None, None, batch_size=size)
 
 
-async def _closed_loop_measured(
-    call: Callable[[Any], Awaitable[Any]], job: Job
-) -> tuple[Measurement, asyncml.LoopLagMonitor]:
-    """A warm-up call per caller, then the timed closed loop under a loop-lag monitor."""
+async def warm_up(call: Callable[[Any], Awaitable[Any]], job: Job) -> None:
+    """One untimed call per caller: threads and lazily built pools start here."""
     await closed_loop(call, job.inputs[: job.callers], job.callers)
+
+
+async def timed_closed_loop(call: Callable[[Any], Awaitable[Any]], job: Job) -> Measurement:
+    """The timed closed loop over every input, under a loop-lag monitor."""
     async with asyncml.LoopLagMonitor(interval=LOOP_LAG_INTERVAL) as lag:
         outputs, latencies, elapsed = await closed_loop(call, job.inputs, job.callers)
     measurement = Measurement(len(job.inputs), elapsed, outputs, latencies)
     measurement.loop_lag_p99_ms = lag.statistics().lag.p99_ms
-    return measurement, lag
+    return measurement
 
 
 async def floor(job: Job) -> Measurement:
     """Closed-loop callers awaiting bare futures that one callback resolves in bulk."""
     futures = BareFutures()
-    measurement, _ = await _closed_loop_measured(futures.submit, job)
-    measurement.mean_batch_size = futures.items / futures.batches
+    await warm_up(futures.submit, job)
+    batches, items = futures.batches, futures.items
+    measurement = await timed_closed_loop(futures.submit, job)
+    measurement.mean_batch_size = (futures.items - items) / (futures.batches - batches)
     return measurement
 
 
@@ -134,11 +142,12 @@ async def asyncml_model(job: Job) -> Measurement:
         max_batch_size=config.max_batch_size,
         intra_op_threads=config.intra_op_threads,
     ) as model:
+        await warm_up(model, job)
         before = model.statistics()
-        measurement, _ = await _closed_loop_measured(model, job)
+        measurement = await timed_closed_loop(model, job)
         after = model.statistics()
-    batches = after.batches - before.batches
-    measurement.mean_batch_size = (after.completed - before.completed) / batches
+    items = after.completed - before.completed
+    measurement.mean_batch_size = items / (after.batches - before.batches)
     return measurement
 
 
@@ -146,9 +155,9 @@ async def hand_batcher(job: Job) -> Measurement:
     """Closed-loop callers on :class:`peers.HandBatcher` with asyncml's max batch size."""
     batcher = HandBatcher(job.predict, job.config.max_batch_size)
     async with batcher.serving():
-        await closed_loop(batcher, job.inputs[: job.callers], job.callers)
+        await warm_up(batcher, job)
         batches, items = batcher.batches, batcher.items
-        measurement, _ = await _closed_loop_measured(batcher, job)
+        measurement = await timed_closed_loop(batcher, job)
     measurement.mean_batch_size = (batcher.items - items) / (batcher.batches - batches)
     return measurement
 
@@ -161,8 +170,8 @@ async def naive_thread(job: Job) -> Measurement:
     async def call(item: Any) -> Any:
         return (await loop.run_in_executor(None, predict, [item]))[0]
 
-    measurement, _ = await _closed_loop_measured(call, job)
-    return measurement
+    await warm_up(call, job)
+    return await timed_closed_loop(call, job)
 
 
 async def direct_thread(job: Job) -> Measurement:
@@ -174,8 +183,8 @@ async def direct_thread(job: Job) -> Measurement:
         async def call(item: Any) -> Any:
             return (await loop.run_in_executor(thread, predict, [item]))[0]
 
-        measurement, _ = await _closed_loop_measured(call, job)
-    return measurement
+        await warm_up(call, job)
+        return await timed_closed_loop(call, job)
 
 
 async def naive_process(job: Job) -> Measurement:
@@ -188,7 +197,7 @@ async def naive_process(job: Job) -> Measurement:
     workers = os.cpu_count() or 1
     ready = multiprocessing.get_context().Barrier(workers)
     with ProcessPoolExecutor(
-        workers, initializer=init_worker, initargs=(job.workload, ready)
+        workers, initializer=init_worker, initargs=(job.workload, job.cache_dir, ready)
     ) as pool:
 
         async def call(item: Any) -> Any:
@@ -196,7 +205,8 @@ async def naive_process(job: Job) -> Measurement:
 
         # One call per worker starts them all; the barrier makes them wait for each other.
         await asyncio.gather(*(call(item) for item in job.inputs[:workers]))
-        measurement, _ = await _closed_loop_measured(call, job)
+        await warm_up(call, job)
+        measurement = await timed_closed_loop(call, job)
         measurement.worker_peak_rss_bytes = children_peak_rss_bytes()
     return measurement
 
