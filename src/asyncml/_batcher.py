@@ -67,6 +67,27 @@ class Batcher:
 
     # -- admission ------------------------------------------------------------------------
 
+    async def call(self, item: Any, timeout: float | None) -> Any:
+        """Queues ``item`` (waiting for room if the queue is full) and returns its result.
+
+        Raises:
+            ModelError, ItemTimeout, Closed: the item's outcome, if not a result.
+        """
+        if (
+            timeout is None
+            and self._timeout is None
+            and not self._closed
+            and len(self._queue) + self._reserved < self._max_queue
+        ):
+            future = self._enqueue(item, _NO_DEADLINE)  # the common case, checked inline
+        else:
+            future = self.try_submit(item, timeout) or await self.submit(item, timeout)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._maybe_dropped += 1
+            raise
+
     def try_submit(self, item: Any, timeout: float | None) -> asyncio.Future[Any] | None:
         """Queues ``item`` and returns its future, or ``None`` if the queue is full.
 
@@ -257,19 +278,27 @@ class Batcher:
         self._free += 1
         self._in_flight -= len(live)
         errors = outcome.errors
-        completed = failed = 0
-        for index, (entry, value) in enumerate(zip(live, outcome.values, strict=True)):
-            future = entry[1]
-            if future.done():  # cancelled or expired while its batch ran
-                self._count_dropped(future)
-            elif errors is not None and index in errors:
-                future.set_exception(errors[index])
-                failed += 1
-            else:
-                future.set_result(value)
-                completed += 1
-        self._completed += completed
-        self._failed += failed
+        settled = 0
+        if errors is None:  # the common case, kept lean: it runs once per item
+            for entry, value in zip(live, outcome.values, strict=True):
+                future = entry[1]
+                if future.done():  # cancelled or expired while its batch ran
+                    self._count_dropped(future)
+                else:
+                    future.set_result(value)
+                    settled += 1
+            self._completed += settled
+        else:
+            for index, (entry, value) in enumerate(zip(live, outcome.values, strict=True)):
+                future = entry[1]
+                if future.done():
+                    self._count_dropped(future)
+                elif index in errors:
+                    future.set_exception(errors[index])
+                    self._failed += 1
+                else:
+                    future.set_result(value)
+                    self._completed += 1
         # A sample of each batch's latencies: enough for percentiles, cheap per item.
         now = self._loop.time()
         step = len(live) // _LATENCY_SAMPLES_PER_BATCH + 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from functools import partial
 from types import TracebackType
 from typing import Any, Generic, Literal, overload
@@ -81,11 +81,11 @@ class LoadedModel(Generic[In, Out]):
 
     def _running(self) -> Batcher:
         if self._batcher is None:
-            raise RuntimeError(f"model {self.name!r} is not running: use 'async with'")
+            raise _not_running(self.name)
         return self._batcher
 
-    async def __call__(self, item: In, *, timeout: float | None = None) -> Out:
-        """Runs ``item`` through the model (in a batch with concurrent calls).
+    def __call__(self, item: In, *, timeout: float | None = None) -> Coroutine[Any, Any, Out]:
+        """Runs ``item`` through the model (in a batch with concurrent calls); await it.
 
         Waits for room when the admission queue is full.
 
@@ -100,16 +100,12 @@ class LoadedModel(Generic[In, Out]):
                 never computed.
             Closed: the model is closed.
         """
-        batcher = self._running()
-        future = batcher.try_submit(item, timeout)
-        if future is None:
-            future = await batcher.submit(item, timeout)
-        try:
-            result: Out = await future
-        except asyncio.CancelledError:
-            batcher.note_dropped()
-            raise
-        return result
+        # A plain method returning the batcher's coroutine: one coroutine per call, not two.
+        batcher = self._batcher
+        if batcher is None:
+            raise _not_running(self.name)
+        coroutine: Coroutine[Any, Any, Out] = batcher.call(item, timeout)
+        return coroutine
 
     def call_nowait(self, item: In, *, timeout: float | None = None) -> asyncio.Future[Out]:
         """Queues ``item`` at once and returns the future of its result.
@@ -223,6 +219,10 @@ class LoadedModel(Generic[In, Out]):
     def statistics(self) -> ModelStatistics:
         """A frozen snapshot: counters, queue depth, batch-size histogram, latency."""
         return self._running().statistics()
+
+
+def _not_running(name: str) -> RuntimeError:
+    return RuntimeError(f"model {name!r} is not running: use 'async with'")
 
 
 async def _submit_or_fail(

@@ -3,7 +3,7 @@
 BLAS and OpenMP pools default to one thread per core. With several workers each running a
 model, that is workers x cores threads fighting over the cores: scikit-learn's MLP ran 60x
 slower at batch 128 on two cores that way. Each worker therefore limits the pools after
-``setup()`` (the libraries are loaded by then) and releases the limit when it stops.
+``setup()`` (the libraries are loaded by then), and the limit is released once it stops.
 
 BLAS pools and torch's intra-op pool are process-wide, while OpenMP's setting belongs to the
 calling thread, so workers share one process-wide record of the original sizes: the first
@@ -42,7 +42,9 @@ class _ProcessLimits:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._holders = 0
-        self._originals: dict[str, int] = {}  # library path -> its size before any limit
+        # library path -> (its controller, its size before any limit); the controllers are
+        # kept so that restoring is a plain call, with no file reads.
+        self._originals: dict[str, tuple[Any, int]] = {}
         self._torch_original: int | None = None
 
     def acquire(self, threads: int) -> None:
@@ -51,8 +53,8 @@ class _ProcessLimits:
         with self._lock:
             self._holders += 1
             for library in ThreadpoolController().lib_controllers:
-                self._originals.setdefault(library.filepath, library.num_threads)
-                library.set_num_threads(threads)
+                self._originals.setdefault(library.filepath, (library, library.num_threads))
+                _set_threads(library, threads)
             torch: Any = sys.modules.get("torch")
             if torch is not None:
                 if self._torch_original is None:
@@ -60,16 +62,12 @@ class _ProcessLimits:
                 torch.set_num_threads(threads)
 
     def release(self) -> None:
-        from threadpoolctl import ThreadpoolController
-
         with self._lock:
             self._holders -= 1
             if self._holders:
                 return
-            for library in ThreadpoolController().lib_controllers:
-                original = self._originals.get(library.filepath)
-                if original is not None:
-                    library.set_num_threads(original)
+            for library, original in self._originals.values():
+                _set_threads(library, original)
             self._originals.clear()
             torch: Any = sys.modules.get("torch")
             if torch is not None and self._torch_original is not None:
@@ -77,12 +75,24 @@ class _ProcessLimits:
             self._torch_original = None
 
 
+def _set_threads(library: Any, threads: int) -> None:
+    # threadpoolctl lets only one "controlling" thread change OpenBLAS's process-wide pool
+    # and ignores the others while it lives; our lock already serialises every change, so
+    # take control for this one call and hand it back.
+    release_control = getattr(library, "clear_controlling_thread", None)
+    if release_control is not None:
+        release_control(force=True)
+    library.set_num_threads(threads)
+    if release_control is not None:
+        release_control(force=True)
+
+
 _limits = _ProcessLimits()
 
 
 class IntraOpLimit:
-    """One worker's hold on the thread-pool limits: ``apply()`` after setup, ``release()``
-    when the worker stops (safe to call when nothing was applied)."""
+    """One worker's hold on the thread-pool limits: ``apply()`` in the worker after setup,
+    ``release()`` once the worker has stopped (safe to call when nothing was applied)."""
 
     def __init__(self, threads: int | None):
         self._threads = threads

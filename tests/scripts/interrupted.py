@@ -13,7 +13,8 @@ outcomes: dict[str, int] = {}
 
 
 def slow(batch: list[int]) -> list[int]:
-    print("computing", flush=True)
+    sys.stdout.write("computing\n")  # one write: two workers may print at once
+    sys.stdout.flush()
     time.sleep(0.05)  # in a worker thread: fine
     return batch
 

@@ -41,6 +41,7 @@ class ThreadExecutor(Executor):
         self._threads: list[threading.Thread] = []
         self._started: list[asyncio.Future[None]] = []
         self._stopped: list[asyncio.Future[None]] = []
+        self._limits: list[IntraOpLimit] = []
         self._name = "?"
 
     @property
@@ -62,6 +63,7 @@ class ThreadExecutor(Executor):
     async def start(self, spec: ModelSpec) -> None:
         loop = asyncio.get_running_loop()
         self._name = spec.name
+        self._limits = [IntraOpLimit(self._pool_threads) for _ in range(self._workers)]
         self._started = [loop.create_future() for _ in range(self._workers)]
         self._stopped = [loop.create_future() for _ in range(self._workers)]
         self._threads = [
@@ -111,6 +113,10 @@ class ThreadExecutor(Executor):
         for thread in self._threads:
             thread.join()  # each signalled its end as its last act: this returns at once
         self._threads = []
+        # Put the thread pools back from here, once every worker is gone: OpenBLAS ignored
+        # the restore now and then when an exiting worker thread made it.
+        for limit in self._limits:
+            limit.release()
         return [r for r in stops.result() if isinstance(r, BaseException)]
 
     def _fail_waiting_jobs(self) -> None:
@@ -128,7 +134,7 @@ class ThreadExecutor(Executor):
 
     def _work(self, spec: ModelSpec, loop: asyncio.AbstractEventLoop, index: int) -> None:
         started, stopped = self._started[index], self._stopped[index]
-        limit = IntraOpLimit(self._pool_threads)
+        limit = self._limits[index]
         model = None
         set_up = False  # close() releases what setup() acquired, also if warmup() fails
         close_error: BaseException | None = None
@@ -157,7 +163,6 @@ class ThreadExecutor(Executor):
                     model.close()
                 except BaseException as exc:
                     close_error = exc
-            limit.release()
             loop.call_soon_threadsafe(_settle, stopped, close_error)
 
 
