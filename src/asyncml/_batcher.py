@@ -216,7 +216,12 @@ class Batcher:
             future.add_done_callback(partial(_cancel_timer, timer))
         self._queue.append((item, future, now, deadline))
         self._submitted += 1
-        if self._free and not self._dispatch_scheduled:
+        if (
+            self._free
+            and not self._dispatch_scheduled
+            # A batch held back by max_wait is only worth another look once it is full.
+            and (self._wait_timer is None or len(self._queue) >= self._max_batch)
+        ):
             self._dispatch_scheduled = True
             loop.call_soon(self._dispatch)
         return future
