@@ -310,3 +310,9 @@ async def test_closing_as_completed_cancels_the_outstanding_items() -> None:
     assert stats.submitted < 20
     assert stats.cancelled > 0
     assert stats.submitted == stats.completed + stats.cancelled
+
+
+async def test_a_call_is_a_coroutine_that_tasks_accept() -> None:
+    async with asyncml.load(GatedModel()) as m, asyncio.TaskGroup() as group:
+        task = group.create_task(m(7))
+    assert task.result() == ("out", 7)
