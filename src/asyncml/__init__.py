@@ -15,6 +15,7 @@ from ._errors import (
     OutputMismatch,
     Overloaded,
     SetupError,
+    WorkerCrashed,
 )
 from ._loaded import LoadedModel, load
 from ._looplag import LoopLagMonitor, LoopLagStatistics
@@ -35,5 +36,6 @@ __all__ = [
     "OutputMismatch",
     "Overloaded",
     "SetupError",
+    "WorkerCrashed",
     "load",
 ]

@@ -6,6 +6,7 @@
     ├── ModelError          predict() failed for this item (the cause is attached)
     │   └── OutputMismatch  predict() broke the contract: not one output per input
     ├── SetupError          a worker's setup() or warmup() failed; the model never started
+    ├── WorkerCrashed       the item kept killing its worker process; it failed alone
     ├── ItemTimeout         the item's deadline passed (also a builtin ``TimeoutError``)
     ├── Overloaded          the admission queue was full and the caller chose not to wait
     └── Closed              the model was closed before the item could run
@@ -116,6 +117,35 @@ class SetupError(AsyncmlError):
 
     def _context(self) -> dict[str, Any]:
         return {**super()._context(), "worker": self.worker}
+
+
+class WorkerCrashed(AsyncmlError):
+    """The worker process running this item died (a signal, ``os._exit``, the OOM killer, or
+    a hung batch killed after its execution timeout), on every one of its attempts.
+
+    Batches whose worker dies are retried on a healthy worker and split until the item that
+    kills workers stands alone, so this error reaches only that item.
+
+    Attributes:
+        reason: how the worker died, e.g. ``"killed by SIGSEGV"`` or ``"exit code 3"``.
+        attempts: how many times the item was run.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str | None = None,
+        index: int | None = None,
+        reason: str | None = None,
+        attempts: int | None = None,
+    ):
+        super().__init__(message, model=model, index=index)
+        self.reason = reason
+        self.attempts = attempts
+
+    def _context(self) -> dict[str, Any]:
+        return {**super()._context(), "reason": self.reason, "attempts": self.attempts}
 
 
 class ItemTimeout(AsyncmlError, TimeoutError):

@@ -14,9 +14,9 @@ from ._errors import AsyncmlError
 from ._model import In, Model, ModelSpec, Out, model_spec
 from ._stats import ModelStatistics
 from ._threads import IntraOpThreads
-from .executors import Executor, InlineExecutor, ThreadExecutor
+from .executors import Executor, InlineExecutor, ProcessExecutor, ThreadExecutor
 
-ExecutorName = Literal["auto", "inline", "thread"]
+ExecutorName = Literal["auto", "inline", "thread", "process"]
 
 #: Default bound of the admission queue: this many items, or two full batches per worker.
 DEFAULT_MAX_QUEUE = 1024
@@ -118,13 +118,31 @@ class LoadedModel(Generic[In, Out]):
         """
         return self._running().submit_nowait(item, timeout)
 
+    @overload
+    async def map(
+        self,
+        items: Iterable[In],
+        *,
+        timeout: float | None = None,
+        return_exceptions: Literal[False] = False,
+    ) -> list[Out]: ...
+
+    @overload
+    async def map(
+        self,
+        items: Iterable[In],
+        *,
+        timeout: float | None = None,
+        return_exceptions: Literal[True],
+    ) -> list[Out | AsyncmlError]: ...
+
     async def map(
         self,
         items: Iterable[In],
         *,
         timeout: float | None = None,
         return_exceptions: bool = False,
-    ) -> list[Out]:
+    ) -> list[Out] | list[Out | AsyncmlError]:
         """Runs every item and returns the results in input order.
 
         Items are submitted as room allows, so an input far larger than the queue is fine.
@@ -159,13 +177,31 @@ class LoadedModel(Generic[In, Out]):
         finally:
             batcher.note_dropped(_abandon(futures))
 
+    @overload
+    def as_completed(
+        self,
+        items: Iterable[In],
+        *,
+        timeout: float | None = None,
+        return_exceptions: Literal[False] = False,
+    ) -> AsyncGenerator[tuple[int, Out], None]: ...
+
+    @overload
+    def as_completed(
+        self,
+        items: Iterable[In],
+        *,
+        timeout: float | None = None,
+        return_exceptions: Literal[True],
+    ) -> AsyncGenerator[tuple[int, Out | AsyncmlError], None]: ...
+
     async def as_completed(
         self,
         items: Iterable[In],
         *,
         timeout: float | None = None,
         return_exceptions: bool = False,
-    ) -> AsyncGenerator[tuple[int, Out], None]:
+    ) -> AsyncGenerator[tuple[int, Any], None]:
         """Yields ``(index, result)`` pairs as items finish, submitting as results are taken.
 
         At most the model's queue size of items is outstanding at a time, so ``items`` may be
@@ -325,8 +361,11 @@ def load(
             (deep-copied per worker before ``setup()``), or a function taking a batch (a
             list) and returning one output per item; ``async def`` functions and predicts
             run on the event loop.
-        executor: ``"thread"`` (synchronous models), ``"inline"`` (async models), ``"auto"``
-            (whichever fits the model), or an :class:`~asyncml.executors.Executor`.
+        executor: ``"thread"`` (synchronous models), ``"process"`` (synchronous models that
+            hold the GIL or may crash: one process per worker), ``"inline"`` (async models),
+            ``"auto"`` (thread or inline, whichever fits), or an
+            :class:`~asyncml.executors.Executor` such as a configured
+            :class:`~asyncml.executors.ProcessExecutor`.
         workers: workers (model instances), each running one batch at a time (default 1).
         max_batch_size: most items per ``predict`` call (default: the model's, else 64).
         max_wait: seconds a free worker may hold a partial batch while others run
@@ -373,6 +412,8 @@ def _executor(
         return InlineExecutor(1 if workers is None else workers)
     if executor == "thread":
         return ThreadExecutor(1 if workers is None else workers, intra_op_threads=intra_op_threads)
+    if executor == "process":
+        return ProcessExecutor(1 if workers is None else workers, intra_op_threads=intra_op_threads)
     raise ValueError(
-        f"executor must be 'auto', 'inline', 'thread' or an Executor, not {executor!r}"
+        f"executor must be 'auto', 'inline', 'thread', 'process' or an Executor, not {executor!r}"
     )

@@ -6,6 +6,7 @@ from .._batch import BatchOutcome, arun_batch, run_batch
 from .._model import ModelSpec
 from ._base import BatchDone, Executor
 from ._inline import InlineExecutor
+from ._process import ProcessExecutor
 from ._thread import ThreadExecutor
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "Executor",
     "InlineExecutor",
     "ModelSpec",
+    "ProcessExecutor",
     "ThreadExecutor",
     "arun_batch",
     "run_batch",

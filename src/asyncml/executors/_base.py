@@ -8,6 +8,7 @@ batches outstanding, so ``submit`` always finds a free worker.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -69,3 +70,13 @@ def close_failed(model: str, error: BaseException) -> AsyncmlError:
     )
     failure.__cause__ = error
     return failure
+
+
+def settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    """Resolves a worker's start or stop signal (on the loop, via ``call_soon_threadsafe``)."""
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)

@@ -18,7 +18,7 @@ from .._errors import Closed, ModelError, SetupError
 from .._model import ModelSpec
 from .._shield import wait_shielded
 from .._threads import IntraOpLimit, IntraOpThreads, resolve_intra_op_threads
-from ._base import BatchDone, Executor, close_failed
+from ._base import BatchDone, Executor, close_failed, settle
 
 _Job = tuple[Sequence[Any], BatchDone] | None
 
@@ -146,9 +146,9 @@ class ThreadExecutor(Executor):
                 limit.apply()
                 model.warmup()
             except BaseException as exc:
-                loop.call_soon_threadsafe(_settle, started, exc)
+                loop.call_soon_threadsafe(settle, started, exc)
                 return
-            loop.call_soon_threadsafe(_settle, started, None)
+            loop.call_soon_threadsafe(settle, started, None)
             while (job := self._jobs.get()) is not None:
                 items, done = job
                 try:
@@ -163,13 +163,4 @@ class ThreadExecutor(Executor):
                     model.close()
                 except BaseException as exc:
                     close_error = exc
-            loop.call_soon_threadsafe(_settle, stopped, close_error)
-
-
-def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
+            loop.call_soon_threadsafe(settle, stopped, close_error)

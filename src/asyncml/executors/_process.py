@@ -1,0 +1,408 @@
+"""Process workers: for GIL-bound Python models, and for code that may crash its worker.
+
+Each worker is a spawned process holding its own model, driven by a thread of ours that
+sends it one batch at a time over a pipe and waits for the answer, so the event loop never
+blocks on a pipe. A worker that dies (a signal, ``os._exit``, the OOM killer) is noticed the
+moment its pipe closes; one that exceeds ``execution_timeout`` is killed. Either way the
+worker is replaced and its batch goes back to the queue for a healthy worker: retried whole
+once (the death may have been bad luck), then split in halves, until an item that keeps
+killing workers stands alone and fails with :class:`WorkerCrashed` after ``max_attempts``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import pickle
+import queue
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from .._batch import BatchOutcome
+from .._errors import AsyncmlError, Closed, SetupError, WorkerCrashed
+from .._model import ModelSpec
+from .._shield import wait_shielded
+from .._threads import IntraOpThreads, resolve_intra_op_threads
+from ._base import BatchDone, Executor, close_failed, settle
+from ._process_child import serve
+
+#: A replacement worker whose setup() fails this many times in a row is given up.
+_MAX_FAILED_RESTARTS = 5
+#: Seconds a worker has to close() and exit before it is killed.
+_EXIT_GRACE = 10.0
+
+
+@dataclass(slots=True)
+class _Batch:
+    """One batch the batcher submitted; after crashes it may run as several parts."""
+
+    items: Sequence[Any]
+    done: BatchDone
+    values: list[Any] = field(default_factory=list)
+    errors: dict[int, AsyncmlError] = field(default_factory=dict)
+    unsettled: int = 0
+
+
+@dataclass(slots=True)
+class _Part:
+    """A slice of a batch, queued for a worker; ``crashes`` counts the workers it killed."""
+
+    batch: _Batch
+    start: int
+    stop: int
+    crashes: int = 0
+
+    @property
+    def items(self) -> Sequence[Any]:
+        items = self.batch.items
+        return items if self.stop - self.start == len(items) else items[self.start : self.stop]
+
+
+class _Crash(Exception):
+    """The worker died (or was killed) while it held a part; ``reason`` says how."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ProcessExecutor(Executor):
+    """Runs a synchronous model in ``workers`` processes, one model instance per process.
+
+    The model (class, instance or function) is pickled to each worker, so it must be
+    importable: defined at module level, not inside a function. Workers are spawned, so a
+    script that starts them needs the usual ``if __name__ == "__main__":`` guard.
+
+    Attributes:
+        restarts: how many times a dead worker was replaced.
+
+    Args:
+        workers: number of worker processes.
+        intra_op_threads: threads each worker's BLAS/OpenMP/torch pools may use: ``"auto"``
+            (the cores divided among the workers), an int, or ``None`` to leave them alone.
+        max_attempts: runs an item gets when its worker keeps dying, before it fails alone
+            with :class:`WorkerCrashed`.
+        execution_timeout: seconds a batch may run before its worker is killed (handled
+            like a crash); ``None`` for no limit.
+    """
+
+    def __init__(
+        self,
+        workers: int = 1,
+        *,
+        intra_op_threads: IntraOpThreads = "auto",
+        max_attempts: int = 3,
+        execution_timeout: float | None = None,
+    ):
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ValueError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
+        if execution_timeout is not None and not execution_timeout > 0:
+            raise ValueError(f"execution_timeout must be > 0 seconds, got {execution_timeout!r}")
+        self._workers = workers
+        self._pool_threads = resolve_intra_op_threads(intra_op_threads, workers)
+        self._max_attempts = max_attempts
+        self._execution_timeout = execution_timeout
+        self._context = multiprocessing.get_context("spawn")  # safe with threads and torch
+        self._parts: queue.SimpleQueue[_Part | None] = queue.SimpleQueue()
+        self._drivers: list[threading.Thread] = []
+        self._started: list[asyncio.Future[None]] = []
+        self._stopped: list[asyncio.Future[None]] = []
+        self._processes: list[BaseProcess | None] = []
+        self._alive = 0
+        self._closing = False
+        self._broken: AsyncmlError | None = None
+        self._spec: ModelSpec | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.restarts = 0
+
+    @property
+    def capacity(self) -> int:
+        return self._workers
+
+    def check(self, spec: ModelSpec) -> None:
+        if spec.is_async or spec.async_lifecycle:
+            raise TypeError(
+                f"model {spec.name!r} has async methods; process workers run synchronous "
+                "code: use executor='inline'"
+            )
+        try:
+            pickle.dumps(spec)
+        except Exception as exc:
+            raise TypeError(
+                f"model {spec.name!r} cannot be sent to a worker process ({exc}); define it "
+                "at module level so that it can be pickled"
+            ) from exc
+
+    async def start(self, spec: ModelSpec) -> None:
+        self._spec = spec
+        self._loop = loop = asyncio.get_running_loop()
+        self._started = [loop.create_future() for _ in range(self._workers)]
+        self._stopped = [loop.create_future() for _ in range(self._workers)]
+        self._processes = [None] * self._workers
+        self._alive = self._workers
+        self._drivers = [
+            threading.Thread(
+                target=self._drive, args=(index,), name=f"asyncml-{spec.name}-{index}", daemon=True
+            )
+            for index in range(self._workers)
+        ]
+        for driver in self._drivers:
+            driver.start()
+        setups = asyncio.gather(*self._started, return_exceptions=True)
+        try:
+            await wait_shielded(setups)
+        except asyncio.CancelledError:
+            await self._stop_workers(graceful=False)
+            raise
+        failures = [(i, r) for i, r in enumerate(setups.result()) if isinstance(r, BaseException)]
+        if failures:
+            await self._stop_workers(graceful=False)
+            worker, cause = failures[0]
+            raise SetupError(
+                f"model {spec.name!r} failed to start in worker process {worker}: {cause}",
+                model=spec.name,
+                worker=worker,
+            ) from cause
+
+    def submit(self, items: Sequence[Any], done: BatchDone) -> None:
+        batch = _Batch(items, done, unsettled=len(items))
+        if self._broken is not None:
+            self._fail(_Part(batch, 0, len(items)), self._broken)
+            return
+        self._parts.put(_Part(batch, 0, len(items)))
+
+    async def aclose(self, *, graceful: bool) -> None:
+        errors = await self._stop_workers(graceful=graceful)
+        if errors:
+            raise close_failed(self._spec.name if self._spec else "?", errors[0])
+
+    async def _stop_workers(self, *, graceful: bool) -> list[BaseException]:
+        """Stops every worker and its driver; returns the errors their close() raised."""
+        self._closing = True
+        if not graceful:
+            self._fail_queued(Closed("the model was closed before the item ran"))
+            for process in self._processes:
+                if process is not None:
+                    process.kill()  # running batches fail with Closed (see _crashed)
+        for _ in self._drivers:
+            self._parts.put(None)
+        stops = asyncio.gather(*self._stopped, return_exceptions=True)
+        await wait_shielded(stops)
+        for driver in self._drivers:
+            driver.join()  # each signalled its end as its last act: this returns at once
+        self._drivers = []
+        return [r for r in stops.result() if isinstance(r, BaseException)]
+
+    # -- the loop's side: settling parts ----------------------------------------------------
+
+    def _finished(self, part: _Part, outcome: BatchOutcome) -> None:
+        batch = part.batch
+        if part.stop - part.start == len(batch.items) and part.crashes == 0:
+            batch.done(outcome)  # the common case: the whole batch, first time
+            return
+        if not batch.values:
+            batch.values = [None] * len(batch.items)
+        batch.values[part.start : part.stop] = outcome.values
+        for index, error in (outcome.errors or {}).items():
+            batch.errors[part.start + index] = error
+        self._settled(batch, part.stop - part.start)
+
+    def _crashed(self, part: _Part, reason: str) -> None:
+        part.crashes += 1
+        name = self._spec.name if self._spec else "?"
+        size = part.stop - part.start
+        if self._closing:
+            self._fail(part, Closed(f"model {name!r} was closed while the item ran", model=name))
+        elif size == 1 and part.crashes >= self._max_attempts:
+            error = WorkerCrashed(
+                f"model {name!r}: the worker process died running this item ({reason}), "
+                f"{part.crashes} times out of {part.crashes}",
+                model=name,
+                reason=reason,
+                attempts=part.crashes,
+            )
+            self._fail(part, error)
+        elif size > 1 and part.crashes >= 2:
+            # Twice is no accident: split, so that the item to blame ends up alone.
+            middle = (part.start + part.stop) // 2
+            self._requeue(_Part(part.batch, part.start, middle, crashes=1))
+            self._requeue(_Part(part.batch, middle, part.stop, crashes=1))
+        else:
+            self._requeue(part)
+
+    def _requeue(self, part: _Part) -> None:
+        if self._broken is not None:
+            self._fail(part, self._broken)
+        else:
+            self._parts.put(part)
+
+    def _fail(self, part: _Part, error: AsyncmlError) -> None:
+        self._finished(part, BatchOutcome.failure(part.stop - part.start, error))
+
+    def _settled(self, batch: _Batch, count: int) -> None:
+        batch.unsettled -= count
+        if batch.unsettled == 0:
+            batch.done(BatchOutcome(batch.values, batch.errors or None))
+
+    def _fail_queued(self, error: AsyncmlError) -> None:
+        while True:
+            try:
+                part = self._parts.get_nowait()
+            except queue.Empty:
+                return
+            if part is not None:
+                self._fail(part, error)
+
+    def _lost_worker(self, error: AsyncmlError) -> None:
+        """A worker slot gave up restarting; with none left, nothing can run any more."""
+        self._alive -= 1
+        if self._alive == 0 and not self._closing:
+            self._broken = error
+            self._fail_queued(error)
+
+    # -- a driver thread's side: one worker process -----------------------------------------
+
+    def _drive(self, index: int) -> None:
+        loop, spec = self._loop, self._spec
+        assert loop is not None
+        assert spec is not None
+        close_error: BaseException | None = None
+        try:
+            conn = self._spawn(index, spec, self._started[index], loop)
+            while conn is not None and (part := self._parts.get()) is not None:
+                try:
+                    outcome = self._run(index, conn, part.items)
+                except _Crash as crash:
+                    conn.close()
+                    loop.call_soon_threadsafe(self._crashed, part, crash.reason)
+                    conn = self._respawn(index, spec, loop)  # at once, not when work comes
+                else:
+                    loop.call_soon_threadsafe(self._finished, part, outcome)
+            if conn is not None:
+                close_error = self._stop(index, conn)
+        finally:
+            loop.call_soon_threadsafe(settle, self._stopped[index], close_error)
+
+    def _spawn(
+        self,
+        index: int,
+        spec: ModelSpec,
+        started: asyncio.Future[None] | None,
+        loop: asyncio.AbstractEventLoop,
+    ) -> Connection | None:
+        """Starts worker ``index``; returns its pipe once it is ready, or None if it failed."""
+        ours, theirs = self._context.Pipe()
+        process = self._context.Process(
+            target=serve,
+            args=(theirs, spec, self._pool_threads),
+            name=f"asyncml-{spec.name}-{index}",
+            daemon=True,
+        )
+        try:
+            process.start()
+        except Exception as exc:  # e.g. spawned from a module with no __main__ guard
+            ours.close()
+            theirs.close()
+            if started is not None:
+                loop.call_soon_threadsafe(settle, started, exc)
+            return None
+        theirs.close()
+        self._processes[index] = process
+        try:
+            status, error = ours.recv()
+        except (EOFError, OSError):
+            process.join()
+            status, error = (
+                "failed",
+                RuntimeError(
+                    f"worker process {_death(process)} before it was ready (its output says why; "
+                    "a script that starts process workers needs an "
+                    "'if __name__ == \"__main__\":' guard)"
+                ),
+            )
+        if status == "ready":
+            if started is not None:
+                loop.call_soon_threadsafe(settle, started, None)
+            return ours
+        ours.close()
+        process.join()
+        self._processes[index] = None
+        if started is not None:
+            loop.call_soon_threadsafe(settle, started, error)
+        return None
+
+    def _respawn(
+        self, index: int, spec: ModelSpec, loop: asyncio.AbstractEventLoop
+    ) -> Connection | None:
+        """Replaces a dead worker, backing off while its setup() keeps failing."""
+        for attempt in range(_MAX_FAILED_RESTARTS):
+            if self._closing:
+                return None
+            if attempt:
+                time.sleep(min(5.0, 0.1 * 2**attempt))  # a driver thread: the loop runs on
+            conn = self._spawn(index, spec, None, loop)
+            if conn is not None:
+                self.restarts += 1
+                return conn
+        error = SetupError(
+            f"model {spec.name!r}: worker process {index} died and could not be restarted "
+            f"({_MAX_FAILED_RESTARTS} failed setups in a row)",
+            model=spec.name,
+            worker=index,
+        )
+        loop.call_soon_threadsafe(self._lost_worker, error)
+        return None
+
+    def _run(self, index: int, conn: Connection, items: Sequence[Any]) -> BatchOutcome:
+        process = self._processes[index]
+        assert process is not None
+        try:
+            conn.send(items)
+            if not conn.poll(self._execution_timeout):
+                process.kill()
+                process.join()
+                raise _Crash(f"ran over the {self._execution_timeout} s execution timeout")
+            outcome: BatchOutcome = conn.recv()
+        except (EOFError, OSError):
+            process.join()
+            raise _Crash(_death(process)) from None
+        return outcome
+
+    def _stop(self, index: int, conn: Connection) -> BaseException | None:
+        """Asks worker ``index`` to close() and exit; returns what its close() raised."""
+        process = self._processes[index]
+        assert process is not None
+        error: BaseException | None = None
+        try:
+            conn.send(None)
+            if conn.poll(_EXIT_GRACE):
+                _, error = conn.recv()
+        except (EOFError, OSError):
+            pass  # it died on its way out: nothing left to close
+        conn.close()
+        process.join(_EXIT_GRACE)
+        if process.is_alive():
+            process.kill()
+            process.join()
+        self._processes[index] = None
+        return error
+
+
+def _death(process: BaseProcess) -> str:
+    code = process.exitcode
+    if code is None:
+        return "stopped answering"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"

@@ -1,0 +1,61 @@
+"""Models for process-worker tests: module level, so that spawned workers can import them."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from typing import Any
+
+import asyncml
+
+
+def triple(batch: list[int]) -> list[int]:
+    return [3 * x for x in batch]
+
+
+def pids(batch: list[Any]) -> list[int]:
+    return [os.getpid() for _ in batch]
+
+
+def exit_on_13(batch: list[int]) -> list[int]:
+    """Kills its own worker (exit code 3) whenever the batch holds 13."""
+    if 13 in batch:
+        os._exit(3)
+    return [3 * x for x in batch]
+
+
+def segfault_on_13(batch: list[int]) -> list[int]:
+    """Segfaults its worker whenever the batch holds 13."""
+    if 13 in batch:
+        ctypes.string_at(0)  # reads address 0: SIGSEGV
+    return [3 * x for x in batch]
+
+
+def hang_on_13(batch: list[int]) -> list[int]:
+    """Never returns when the batch holds 13."""
+    while 13 in batch:
+        time.sleep(1)
+    return [3 * x for x in batch]
+
+
+class CountsSetups(asyncml.Model[int, int]):
+    """Appends its pid to a file at each setup(), so a test can count them."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def setup(self) -> None:
+        with open(self.path, "a") as log:
+            log.write(f"{os.getpid()}\n")
+
+    def predict(self, batch: list[int]) -> list[int]:
+        return batch
+
+
+class FailsSetup(asyncml.Model[int, int]):
+    def setup(self) -> None:
+        raise FileNotFoundError("no weights at /nowhere/model.bin")
+
+    def predict(self, batch: list[int]) -> list[int]:
+        return batch

@@ -1,0 +1,122 @@
+"""Process workers with real processes and real signals: every item gets one outcome, an item
+that kills its worker fails alone, and no process outlives its block."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+import asyncml
+from asyncml.executors import ProcessExecutor
+from tests import process_models as models
+from tests.helpers import until
+
+
+def worker_processes() -> list[psutil.Process]:
+    """Our child processes, less multiprocessing's resource tracker: one per program, it
+    lives until the program exits (and cleans up after it)."""
+    return [
+        child
+        for child in psutil.Process().children(recursive=True)
+        if "resource_tracker" not in " ".join(child.cmdline())
+    ]
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_processes() -> object:
+    yield None
+    leaked = worker_processes()
+    assert not leaked, f"worker processes outlived the test: {leaked}"
+
+
+async def test_workers_are_other_processes_that_set_up_once(tmp_path: Path) -> None:
+    log = tmp_path / "setups.log"
+    async with asyncml.load(models.CountsSetups(str(log)), executor="process", workers=2) as m:
+        assert await m.map(range(500)) == list(range(500))
+    async with asyncml.load(models.pids, executor="process", workers=2) as m:
+        seen = set(await m.map(range(200)))
+    assert os.getpid() not in seen
+    assert len((await asyncio.to_thread(log.read_text)).split()) == 2
+
+
+async def test_killing_workers_at_random_loses_nothing() -> None:
+    rng = random.Random(0)
+    pool = ProcessExecutor(2)
+    async with asyncml.load(models.triple, executor=pool, max_batch_size=16) as m:
+        run = asyncio.ensure_future(m.map(range(3_000)))
+        for _ in range(4):
+            target = m.statistics().batches + 10
+            await until(lambda t=target: m.statistics().batches >= t or run.done(), limit=10**8)
+            workers = await asyncio.to_thread(worker_processes)  # reads /proc
+            if run.done() or not workers:
+                break
+            os.kill(rng.choice(workers).pid, signal.SIGKILL)
+        results = await run
+        stats = m.statistics()
+    assert results == [3 * x for x in range(3_000)]
+    assert stats.completed == stats.submitted == 3_000
+    assert pool.restarts >= 1
+
+
+@pytest.mark.parametrize(
+    ("model", "reason"),
+    [(models.exit_on_13, "exit code 3"), (models.segfault_on_13, "killed by SIGSEGV")],
+)
+async def test_an_item_that_kills_its_worker_fails_alone(
+    model: Callable[[list[int]], list[int]], reason: str
+) -> None:
+    async with asyncml.load(model, executor="process", workers=2, max_batch_size=8) as m:
+        results = await m.map(range(40), return_exceptions=True)
+    error = results[13]
+    assert isinstance(error, asyncml.WorkerCrashed)
+    assert error.reason == reason
+    assert error.attempts == 3
+    assert reason in str(error)
+    assert [r for i, r in enumerate(results) if i != 13] == [3 * x for x in range(40) if x != 13]
+
+
+async def test_a_hung_batch_is_killed_after_the_execution_timeout() -> None:
+    pool = ProcessExecutor(2, execution_timeout=0.5)
+    async with asyncml.load(models.hang_on_13, executor=pool, max_batch_size=2) as m:
+        results = await m.map([12, 13, 14], return_exceptions=True)
+    assert results[0] == 36
+    assert results[2] == 42
+    assert isinstance(results[1], asyncml.WorkerCrashed)
+    assert "execution timeout" in str(results[1])
+
+
+async def test_a_failing_setup_is_a_start_up_error() -> None:
+    with pytest.raises(asyncml.SetupError, match="FileNotFoundError: no weights"):
+        async with asyncml.load(models.FailsSetup, executor="process", workers=2):
+            pytest.fail("must not start")
+
+
+async def test_leaving_on_an_error_kills_running_batches() -> None:
+    pool = ProcessExecutor(1)
+    with pytest.raises(KeyError):
+        async with asyncml.load(models.hang_on_13, executor=pool) as m:
+            stuck = asyncio.ensure_future(m(13))
+            await until(lambda: m.statistics().in_flight == 1)
+            raise KeyError("stop")
+    assert isinstance(stuck.exception(), asyncml.Closed)
+
+
+def test_a_model_that_cannot_reach_a_process_is_refused() -> None:
+    def local(batch: list[int]) -> list[int]:
+        return batch
+
+    with pytest.raises(TypeError, match="define it at module level"):
+        asyncml.load(local, executor="process")
+    with pytest.raises(TypeError, match="executor='inline'"):
+        asyncml.load(models_async, executor="process")
+
+
+async def models_async(batch: list[int]) -> list[int]:
+    return batch
