@@ -7,6 +7,8 @@ import asyncio
 import os
 import random
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -120,3 +122,21 @@ def test_a_model_that_cannot_reach_a_process_is_refused() -> None:
 
 async def models_async(batch: list[int]) -> list[int]:
     return batch
+
+
+def test_workers_exit_when_their_parent_is_killed() -> None:
+    root = Path(__file__).parents[1]
+    with subprocess.Popen(
+        [sys.executable, str(root / "tests" / "scripts" / "orphaned.py")],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    ) as parent:
+        assert parent.stdout is not None
+        workers = [psutil.Process(int(pid)) for pid in parent.stdout.readline().split()]
+        assert len(workers) == 2
+        parent.kill()
+        parent.wait(timeout=10)
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, f"orphaned workers: {alive}"
