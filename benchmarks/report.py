@@ -97,12 +97,14 @@ def add_ratios(rows: Sequence[Row]) -> None:
         floor = next((r for r in same if r.system == "floor"), None)
         row.ratio_to_ceiling = _ratio(row.runs, ceiling)
         row.ratio_to_floor = _ratio(row.runs, floor)
-        if row.system != "asyncml":
+        if not row.system.startswith("asyncml"):
             continue
         peers = [
             r
             for r in same
-            if r.system not in (*REFERENCES, "asyncml") and r.callers in (0, row.callers)
+            if r.system not in REFERENCES
+            and not r.system.startswith("asyncml")
+            and r.callers in (0, row.callers)
         ]
         row.ratio_to_peers = {
             p.system: ratio for p in peers if (ratio := _ratio(row.runs, p)) is not None

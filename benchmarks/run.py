@@ -33,6 +33,12 @@ ASYNCML_CONFIGS: dict[str, BatchConfig] = {
     "W2": BatchConfig(workers=1, max_batch_size=256),
     "W3": BatchConfig(workers=1, max_batch_size=256),
 }
+#: asyncml's settings for its process-executor rows: a worker per core, so the event loop
+#: and the model no longer take turns on one GIL.
+ASYNCML_PROCESS_CONFIGS: dict[str, BatchConfig] = {
+    "W2": BatchConfig(workers=2, max_batch_size=128, executor="process"),
+    "W3": BatchConfig(workers=2, max_batch_size=128, executor="process"),
+}
 #: The settings ``--sweep`` compares.
 SWEEP_CONFIGS = (
     *(BatchConfig(workers=w, max_batch_size=size) for w in (1, 2) for size in (128, 256)),
@@ -47,7 +53,13 @@ PROCESS_POOL_REQUESTS = 2_000
 QUICK_DIVISOR = 4
 UNBATCHED_PEERS = frozenset({"naive-thread", "thread-pool", "direct-thread"})
 #: Systems measured at each of the workload's caller counts.
-AT_EACH_CALLER_COUNT = ("asyncml", "hand-batcher", "naive-thread", "naive-process")
+AT_EACH_CALLER_COUNT = (
+    "asyncml",
+    "asyncml-process",
+    "hand-batcher",
+    "naive-thread",
+    "naive-process",
+)
 CHILD_TIMEOUT_S = 600
 
 
@@ -70,7 +82,7 @@ class Case:
         return cls(**{**data, "config": BatchConfig.from_json(data["config"])})
 
     def config_label(self) -> str | None:
-        if self.system == "asyncml":
+        if self.system.startswith("asyncml"):
             return self.config.label()
         if self.system == "hand-batcher":
             return f"max_batch_size={self.config.max_batch_size}"
@@ -107,7 +119,8 @@ def plan(workloads: Sequence[str], *, quick: bool, sweep: bool) -> list[Case]:
                 items = min(items, PROCESS_POOL_REQUESTS // divisor)
             elif callers == 1 or system in UNBATCHED_PEERS:
                 items = min(items, PER_ITEM_REQUESTS // divisor)
-            cases.append(Case(name, system, callers, items, config))
+            system_config = ASYNCML_PROCESS_CONFIGS[name] if system == "asyncml-process" else config
+            cases.append(Case(name, system, callers, items, system_config))
     return cases
 
 

@@ -45,10 +45,13 @@ class BatchConfig:
     workers: int = 1
     max_batch_size: int = 128
     intra_op_threads: int | Literal["auto"] | None = "auto"
+    executor: Literal["thread", "process"] = "thread"
 
     def label(self) -> str:
         """A short description for tables and JSON rows."""
         label = f"workers={self.workers} max_batch_size={self.max_batch_size}"
+        if self.executor != "thread":
+            label = f"executor={self.executor} {label}"
         if self.intra_op_threads != "auto":
             label += f" intra_op_threads={self.intra_op_threads}"
         return label
@@ -77,7 +80,7 @@ class Job:
 Driver = Callable[[Job], Measurement]
 
 #: Systems that set their own BLAS thread limits; all others run with one BLAS thread.
-LIMITS_OWN_THREADS = frozenset({"asyncml"})
+LIMITS_OWN_THREADS = frozenset({"asyncml", "asyncml-process"})
 
 
 def ceiling(job: Job) -> Measurement:
@@ -138,6 +141,7 @@ async def asyncml_model(job: Job) -> Measurement:
     config = job.config
     async with asyncml.load(
         job.predict,
+        executor=config.executor,
         workers=config.workers,
         max_batch_size=config.max_batch_size,
         intra_op_threads=config.intra_op_threads,
@@ -237,6 +241,7 @@ SYSTEMS: dict[str, Driver] = {
     "ceiling": ceiling,
     "floor": _sync(floor),
     "asyncml": _sync(asyncml_model),
+    "asyncml-process": _sync(asyncml_model),
     "hand-batcher": _sync(hand_batcher),
     "naive-thread": _sync(naive_thread),
     "naive-process": _sync(naive_process),
