@@ -42,8 +42,10 @@ def test_the_docs_have_examples() -> None:
 @pytest.mark.parametrize("code", [code for _, code in BLOCKS], ids=[i for i, _ in BLOCKS])
 def test_doc_example_runs(code: str, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONWARNINGS": "error"}
+    script = tmp_path / "example.py"  # a file, as users run them: process workers import it
+    script.write_text(code, "utf-8")
     result = subprocess.run(
-        [sys.executable, "-c", code],
+        [sys.executable, str(script)],
         capture_output=True,
         text=True,
         cwd=tmp_path,

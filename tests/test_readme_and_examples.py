@@ -50,6 +50,9 @@ def test_the_readme_gives_exactly_the_two_set_up_commands_ci_runs() -> None:
 EXPECTED = {
     "classify_digits.py": r"64 clients classified 17,980 digits .* accuracy 9\d\.\d%"
     r".*batches of .* event-loop lag p99",
+    "crash_safe_processes.py": r"scored 3,999 of 4,000 records in 2 worker processes"
+    r".*record 1234 failed alone: killed by SIGSEGV, after 2 attempts"
+    r".*workers replaced: [1-9]",
 }
 
 
