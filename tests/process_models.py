@@ -59,3 +59,16 @@ class FailsSetup(asyncml.Model[int, int]):
 
     def predict(self, batch: list[int]) -> list[int]:
         return batch
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def square_unless_13(x: int) -> int:
+    """Kills its worker on 13, raises on 7, squares the rest."""
+    if x == 13:
+        os._exit(3)
+    if x == 7:
+        raise ValueError("seven is not welcome")
+    return x * x

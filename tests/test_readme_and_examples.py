@@ -53,6 +53,7 @@ EXPECTED = {
     "crash_safe_processes.py": r"scored 3,999 of 4,000 records in 2 worker processes"
     r".*record 1234 failed alone: killed by SIGSEGV, after 2 attempts"
     r".*workers replaced: [1-9]",
+    "parallel_map.py": r"C=0.01 .*C=10.0 .*best C=",
 }
 
 

@@ -19,6 +19,7 @@ from ._errors import (
 )
 from ._loaded import LoadedModel, load
 from ._looplag import LoopLagMonitor, LoopLagStatistics
+from ._map import MapRun, map
 from ._model import Model
 from ._stats import LatencySummary, ModelStatistics
 
@@ -30,6 +31,7 @@ __all__ = [
     "LoadedModel",
     "LoopLagMonitor",
     "LoopLagStatistics",
+    "MapRun",
     "Model",
     "ModelError",
     "ModelStatistics",
@@ -38,4 +40,5 @@ __all__ = [
     "SetupError",
     "WorkerCrashed",
     "load",
+    "map",
 ]

@@ -1,0 +1,76 @@
+"""asyncml.map: Pool.map for one-item functions, streaming, bounded, and crash-safe."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Iterator
+
+import pytest
+
+import asyncml
+from tests import process_models as models
+
+
+async def test_awaiting_gives_every_result_in_order() -> None:
+    assert await asyncml.map(models.square, range(200), workers=2, chunk_size=8) == [
+        x * x for x in range(200)
+    ]
+
+
+async def test_as_completed_gives_every_result_once() -> None:
+    run = asyncml.map(models.square, range(100), workers=2, ordered=False, chunk_size=4)
+    assert sorted([r async for r in run]) == [x * x for x in range(100)]
+
+
+async def test_an_endless_input_is_pulled_only_as_results_are_taken() -> None:
+    pulled = 0
+
+    def endless() -> Iterator[int]:
+        nonlocal pulled
+        for i in itertools.count():
+            pulled += 1
+            yield i
+
+    taken = []
+    run = asyncml.map(models.square, endless(), executor="thread", max_in_flight=16)
+    async with contextlib.aclosing(run.__aiter__()) as results:
+        async for result in results:
+            taken.append(result)
+            if len(taken) == 100:
+                break
+    assert taken == [x * x for x in range(100)]
+    assert pulled <= 100 + 16
+
+
+async def test_a_failing_item_fails_alone_and_nothing_runs_twice() -> None:
+    calls: list[int] = []
+
+    def picky(x: int) -> int:
+        calls.append(x)
+        if x == 5:
+            raise ValueError("five")
+        return x
+
+    results = await asyncml.map(
+        picky, range(20), executor="thread", chunk_size=8, return_exceptions=True
+    )
+    assert isinstance(results[5], asyncml.ModelError)
+    assert results[5].index == 5
+    assert "ValueError: five" in str(results[5])
+    assert sorted(calls) == list(range(20))  # the failure re-ran nothing
+    with pytest.raises(asyncml.ModelError) as caught:
+        await asyncml.map(picky, range(20), executor="thread")
+    assert caught.value.index == 5
+
+
+async def test_an_item_that_kills_its_worker_fails_with_worker_crashed() -> None:
+    results = await asyncml.map(
+        models.square_unless_13, range(20), workers=2, chunk_size=4, return_exceptions=True
+    )
+    assert isinstance(results[13], asyncml.WorkerCrashed)
+    assert results[13].index == 13
+    assert isinstance(results[7], asyncml.ModelError)
+    assert [r for i, r in enumerate(results) if i not in (7, 13)] == [
+        x * x for x in range(20) if x not in (7, 13)
+    ]
