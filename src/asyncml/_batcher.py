@@ -23,7 +23,8 @@ from functools import partial
 from typing import Any
 
 from ._batch import BatchOutcome
-from ._errors import Closed, ItemTimeout, Overloaded
+from ._errors import Closed, ItemTimeout, ModelError, Overloaded
+from ._grouping import WINDOW_BATCHES, Grouping, pick_similar
 from ._model import ModelSpec
 from ._stats import LatencySummary, ModelStatistics
 from .executors import Executor
@@ -38,7 +39,13 @@ class Batcher:
     """Queues items, forms batches, hands them to ``executor`` and settles each item."""
 
     def __init__(
-        self, spec: ModelSpec, executor: Executor, *, max_queue: int, timeout: float | None
+        self,
+        spec: ModelSpec,
+        executor: Executor,
+        *,
+        max_queue: int,
+        timeout: float | None,
+        grouping: Grouping | None = None,
     ):
         self._loop = asyncio.get_running_loop()
         self._name = spec.name
@@ -64,6 +71,7 @@ class Batcher:
         self._batches = 0
         self._sizes = [0] * (self._max_batch + 1)
         self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+        self._grouping = grouping
 
     # -- admission ------------------------------------------------------------------------
 
@@ -261,6 +269,8 @@ class Batcher:
         self._notify_if_idle()
 
     def _take(self) -> tuple[list[_Entry], list[Any]]:
+        if self._grouping is not None:
+            return self._take_similar(self._grouping)
         queue = self._queue
         popleft = queue.popleft
         entries = [popleft() for _ in range(min(len(queue), self._max_batch))]
@@ -277,6 +287,39 @@ class Batcher:
                 self._timed_out += 1
             else:
                 live.append(entry)
+        return live, [entry[0] for entry in live]
+
+    def _take_similar(self, grouping: Grouping) -> tuple[list[_Entry], list[Any]]:
+        """The oldest queued item and those nearest to it in cost (see ``_grouping``)."""
+        queue = self._queue
+        now = self._loop.time()
+        window: list[_Entry] = []
+        costs: list[float] = []
+        while queue and len(window) < self._max_batch * WINDOW_BATCHES:
+            entry = queue.popleft()
+            future = entry[1]
+            if future.done():
+                self._count_dropped(future)
+                continue
+            if entry[3] <= now:
+                future.set_exception(self._timeout_error())
+                self._timed_out += 1
+                continue
+            try:
+                cost = float(grouping.item_cost(entry[0]))
+            except Exception as exc:  # a bad item: it fails alone, as in predict()
+                message = f"model {self._name!r}: item_cost() failed: {type(exc).__name__}: {exc}"
+                future.set_exception(ModelError(message, model=self._name, cause=exc))
+                self._failed += 1
+                continue
+            window.append(entry)
+            costs.append(cost)
+        if not window:
+            return [], []
+        chosen = pick_similar(costs, max_items=self._max_batch, max_cost=grouping.max_batch_cost)
+        taken = set(chosen)
+        queue.extendleft(reversed([e for i, e in enumerate(window) if i not in taken]))
+        live = [window[i] for i in chosen]
         return live, [entry[0] for entry in live]
 
     def _complete(self, live: list[_Entry], outcome: BatchOutcome) -> None:

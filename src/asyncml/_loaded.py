@@ -11,7 +11,8 @@ from typing import Any, Generic, Literal, overload
 
 from ._batcher import Batcher
 from ._errors import AsyncmlError
-from ._model import In, Model, ModelSpec, Out, model_spec
+from ._grouping import Grouping
+from ._model import In, Model, ModelSpec, Out, grouping_defaults, model_spec
 from ._stats import ModelStatistics
 from ._threads import IntraOpThreads
 from .executors import Executor, InlineExecutor, ProcessExecutor, ThreadExecutor
@@ -34,12 +35,19 @@ class LoadedModel(Generic[In, Out]):
     """
 
     def __init__(
-        self, spec: ModelSpec, executor: Executor, *, max_queue: int, timeout: float | None
+        self,
+        spec: ModelSpec,
+        executor: Executor,
+        *,
+        max_queue: int,
+        timeout: float | None,
+        grouping: Grouping | None = None,
     ):
         self._spec = spec
         self._executor = executor
         self._max_queue = max_queue
         self._timeout = timeout
+        self._grouping = grouping
         self._batcher: Batcher | None = None
 
     @property
@@ -52,7 +60,11 @@ class LoadedModel(Generic[In, Out]):
             raise RuntimeError(f"model {self.name!r} is already running")
         await self._executor.start(self._spec)
         self._batcher = Batcher(
-            self._spec, self._executor, max_queue=self._max_queue, timeout=self._timeout
+            self._spec,
+            self._executor,
+            max_queue=self._max_queue,
+            timeout=self._timeout,
+            grouping=self._grouping,
         )
         return self
 
@@ -302,6 +314,8 @@ def load(
     timeout: float | None = ...,
     max_queue: int | None = ...,
     intra_op_threads: IntraOpThreads = ...,
+    item_cost: Callable[[Any], float] | None = ...,
+    max_batch_cost: float | None = ...,
     name: str | None = ...,
 ) -> LoadedModel[In, Out]: ...
 
@@ -319,6 +333,8 @@ def load(
     timeout: float | None = ...,
     max_queue: int | None = ...,
     intra_op_threads: IntraOpThreads = ...,
+    item_cost: Callable[[Any], float] | None = ...,
+    max_batch_cost: float | None = ...,
     name: str | None = ...,
 ) -> LoadedModel[In, Out]: ...
 
@@ -336,6 +352,8 @@ def load(
     timeout: float | None = ...,
     max_queue: int | None = ...,
     intra_op_threads: IntraOpThreads = ...,
+    item_cost: Callable[[Any], float] | None = ...,
+    max_batch_cost: float | None = ...,
     name: str | None = ...,
 ) -> LoadedModel[Any, Any]: ...
 
@@ -352,6 +370,8 @@ def load(
     timeout: float | None = None,
     max_queue: int | None = None,
     intra_op_threads: IntraOpThreads = "auto",
+    item_cost: Callable[[Any], float] | None = None,
+    max_batch_cost: float | None = None,
     name: str | None = None,
 ) -> LoadedModel[Any, Any]:
     """Prepares ``model`` to run on workers; enter the result with ``async with``.
@@ -376,6 +396,11 @@ def load(
             worker if that is more).
         intra_op_threads: BLAS/OpenMP/torch threads per worker: ``"auto"`` shares the
             cores among the workers; ``None`` leaves the libraries' defaults.
+        item_cost: cost of one item, e.g. ``len`` of a text, for length-aware batching:
+            each batch holds the oldest queued item and those nearest to it in cost, so that
+            padding waste drops (default: the model's, else off). Runs in the batcher.
+        max_batch_cost: budget of a batch's padded cost (its size times its dearest item's
+            cost), on top of ``max_batch_size``; needs ``item_cost``.
         name: the model's name in errors and statistics (default: class or function name).
 
     Raises:
@@ -393,7 +418,13 @@ def load(
         raise ValueError(f"max_queue must be an int >= 1, got {max_queue!r}")
     if timeout is not None and not timeout > 0:
         raise ValueError(f"timeout must be a number of seconds > 0 or None, got {timeout!r}")
-    return LoadedModel(spec, pool, max_queue=max_queue, timeout=timeout)
+    default_cost, default_budget = grouping_defaults(model)
+    item_cost = default_cost if item_cost is None else item_cost
+    max_batch_cost = default_budget if max_batch_cost is None else max_batch_cost
+    if max_batch_cost is not None and item_cost is None:
+        raise ValueError("max_batch_cost needs item_cost, the function that prices an item")
+    grouping = None if item_cost is None else Grouping(item_cost, max_batch_cost)
+    return LoadedModel(spec, pool, max_queue=max_queue, timeout=timeout, grouping=grouping)
 
 
 def _executor(

@@ -40,6 +40,11 @@ class Model(Generic[In, Out]):
     max_wait: ClassVar[float] = 0.0
     #: ``"list"`` passes the batch as a list; ``"stack"`` as ``numpy.stack(items)``.
     collate: ClassVar[Collate] = "list"
+    #: Cost of one item (e.g. ``staticmethod(len)``) for length-aware batching: batches of
+    #: items of similar cost; it runs in the batcher, so keep it cheap. ``None``: off.
+    item_cost: ClassVar[Any] = None  # a function of one item, or a staticmethod of one
+    #: Budget of a batch's padded cost (its size times its dearest item's cost).
+    max_batch_cost: ClassVar[float | None] = None
 
     def setup(self) -> Any:
         """Loads weights or opens resources; runs once per worker, in the worker."""
@@ -188,3 +193,13 @@ def split_outputs(outputs: Any, expected: int) -> Sequence[Any]:
     if len(seq) != expected:
         raise ValueError(f"returned {len(seq)} outputs for a batch of {expected} inputs")
     return seq
+
+
+def grouping_defaults(model: object) -> tuple[Callable[[Any], float] | None, float | None]:
+    """A model class's ``item_cost`` and ``max_batch_cost`` (read off the class, so that a
+    plain function stored there is not bound as a method)."""
+    cls = model if isinstance(model, type) else type(model)
+    if not issubclass(cls, Model):
+        return None, None
+    cost: Callable[[Any], float] | None = cls.item_cost
+    return cost, cls.max_batch_cost
