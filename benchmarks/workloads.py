@@ -105,7 +105,11 @@ class MiniLM:
         self._loaded: tuple[Any, Any] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"_loaded": None}  # each worker process loads its own copy
+        return {"_loaded": None}  # the weights are not pickled: each process loads its own
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._loaded = None
+        self._load()  # while the worker process starts, not during its first timed call
 
     def _load(self) -> tuple[Any, Any]:
         if self._loaded is None:

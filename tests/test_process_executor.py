@@ -52,9 +52,9 @@ async def test_killing_workers_at_random_loses_nothing() -> None:
     rng = random.Random(0)
     pool = ProcessExecutor(2)
     async with asyncml.load(models.triple, executor=pool, max_batch_size=16) as m:
-        run = asyncio.ensure_future(m.map(range(3_000)))
-        for _ in range(4):
-            target = m.statistics().batches + 10
+        run = asyncio.ensure_future(m.map(range(10_000)))
+        for _ in range(10):  # a kill every 25 batches
+            target = m.statistics().batches + 25
             await until(lambda t=target: m.statistics().batches >= t or run.done(), limit=10**8)
             workers = await asyncio.to_thread(worker_processes)  # reads /proc
             if run.done() or not workers:
@@ -62,8 +62,8 @@ async def test_killing_workers_at_random_loses_nothing() -> None:
             os.kill(rng.choice(workers).pid, signal.SIGKILL)
         results = await run
         stats = m.statistics()
-    assert results == [3 * x for x in range(3_000)]
-    assert stats.completed == stats.submitted == 3_000
+    assert results == [3 * x for x in range(10_000)]
+    assert stats.completed == stats.submitted == 10_000
     assert pool.restarts >= 1
 
 
