@@ -25,8 +25,7 @@ def blockbuster() -> Iterator[BlockBuster]:
     with blockbuster_ctx() as bb:
         # Joining a worker thread that has already signalled its end returns at once.
         for name in ("threading.Lock.acquire", "threading.Lock.acquire_lock"):
-            bb.functions[name].can_block_in("asyncml/executors/_thread.py", "_stop_workers")
-            bb.functions[name].can_block_in("asyncml/executors/_process.py", "_stop_workers")
+            bb.functions[name].can_block_in("asyncml/executors/_base.py", "join_workers")
         # Worker start-up waits on the new thread's "started" event, by design of threading.
         bb.functions["threading.Lock.acquire"].can_block_in("threading.py", "start")
         # hypothesis and pytest write their own files, outside the code under test.

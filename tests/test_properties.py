@@ -174,7 +174,7 @@ def test_every_call_gets_exactly_one_outcome_on_threads(
 
     with blockbuster_ctx() as bb:
         for name in ("threading.Lock.acquire", "threading.Lock.acquire_lock"):
-            bb.functions[name].can_block_in("asyncml/executors/_thread.py", "_stop_workers")
+            bb.functions[name].can_block_in("asyncml/executors/_base.py", "join_workers")
         bb.functions["threading.Lock.acquire"].can_block_in("threading.py", "start")
         results, stats = asyncio.run(main())
 

@@ -9,13 +9,15 @@ batches outstanding, so ``submit`` always finds a free worker.
 from __future__ import annotations
 
 import asyncio
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .._batch import BatchOutcome
-from .._errors import AsyncmlError
+from .._errors import AsyncmlError, SetupError
 from .._model import ModelSpec
+from .._shield import wait_shielded
 
 #: Called exactly once per submitted batch, on the event loop's thread.
 BatchDone = Callable[[BatchOutcome], None]
@@ -80,3 +82,45 @@ def settle(future: asyncio.Future[None], error: BaseException | None) -> None:
         future.set_result(None)
     else:
         future.set_exception(error)
+
+
+async def await_startup(
+    started: Sequence[asyncio.Future[None]],
+    stop_all: Callable[[], Awaitable[object]],
+    *,
+    model: str,
+    kind: str,
+) -> None:
+    """Waits until every worker signalled its start; if one failed, or the wait is
+    cancelled, stops them all first (no worker is left running).
+
+    Raises:
+        SetupError: a worker's setup() or warmup() failed.
+    """
+    setups = asyncio.gather(*started, return_exceptions=True)
+    try:
+        await wait_shielded(setups)
+    except asyncio.CancelledError:
+        await stop_all()
+        raise
+    failures = [(i, r) for i, r in enumerate(setups.result()) if isinstance(r, BaseException)]
+    if failures:
+        await stop_all()
+        worker, cause = failures[0]
+        raise SetupError(
+            f"model {model!r} failed to start in {kind} {worker}: {type(cause).__name__}: {cause}",
+            model=model,
+            worker=worker,
+        ) from cause
+
+
+async def join_workers(
+    threads: Sequence[threading.Thread], stopped: Sequence[asyncio.Future[None]]
+) -> list[BaseException]:
+    """Waits for every worker thread's stop signal, then joins it; returns the errors the
+    signals carried (their models' close() failures)."""
+    stops = asyncio.gather(*stopped, return_exceptions=True)
+    await wait_shielded(stops)
+    for thread in threads:
+        thread.join()  # each signalled its end as its last act: this returns at once
+    return [r for r in stops.result() if isinstance(r, BaseException)]

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -27,9 +28,8 @@ from typing import Any
 from .._batch import BatchOutcome
 from .._errors import AsyncmlError, Closed, SetupError, WorkerCrashed
 from .._model import ModelSpec
-from .._shield import wait_shielded
 from .._threads import IntraOpThreads, resolve_intra_op_threads
-from ._base import BatchDone, Executor, close_failed, settle
+from ._base import BatchDone, Executor, await_startup, close_failed, join_workers, settle
 from ._process_child import serve
 
 #: A replacement worker whose setup() fails this many times in a row is given up.
@@ -156,21 +156,12 @@ class ProcessExecutor(Executor):
         ]
         for driver in self._drivers:
             driver.start()
-        setups = asyncio.gather(*self._started, return_exceptions=True)
-        try:
-            await wait_shielded(setups)
-        except asyncio.CancelledError:
-            await self._stop_workers(graceful=False)
-            raise
-        failures = [(i, r) for i, r in enumerate(setups.result()) if isinstance(r, BaseException)]
-        if failures:
-            await self._stop_workers(graceful=False)
-            worker, cause = failures[0]
-            raise SetupError(
-                f"model {spec.name!r} failed to start in worker process {worker}: {cause}",
-                model=spec.name,
-                worker=worker,
-            ) from cause
+        await await_startup(
+            self._started,
+            partial(self._stop_workers, graceful=False),
+            model=spec.name,
+            kind="worker process",
+        )
 
     def submit(self, items: Sequence[Any], done: BatchDone) -> None:
         batch = _Batch(items, done, unsettled=len(items))
@@ -194,12 +185,9 @@ class ProcessExecutor(Executor):
                     process.kill()  # running batches fail with Closed (see _crashed)
         for _ in self._drivers:
             self._parts.put(None)
-        stops = asyncio.gather(*self._stopped, return_exceptions=True)
-        await wait_shielded(stops)
-        for driver in self._drivers:
-            driver.join()  # each signalled its end as its last act: this returns at once
+        errors = await join_workers(self._drivers, self._stopped)
         self._drivers = []
-        return [r for r in stops.result() if isinstance(r, BaseException)]
+        return errors
 
     # -- the loop's side: settling parts ----------------------------------------------------
 

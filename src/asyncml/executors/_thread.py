@@ -11,14 +11,14 @@ import asyncio
 import queue
 import threading
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from .._batch import BatchOutcome, run_batch
-from .._errors import Closed, ModelError, SetupError
+from .._errors import Closed, ModelError
 from .._model import ModelSpec
-from .._shield import wait_shielded
 from .._threads import IntraOpLimit, IntraOpThreads, resolve_intra_op_threads
-from ._base import BatchDone, Executor, close_failed, settle
+from ._base import BatchDone, Executor, await_startup, close_failed, join_workers, settle
 
 _Job = tuple[Sequence[Any], BatchDone] | None
 
@@ -77,22 +77,12 @@ class ThreadExecutor(Executor):
         ]
         for thread in self._threads:
             thread.start()
-        setups = asyncio.gather(*self._started, return_exceptions=True)
-        try:
-            await wait_shielded(setups)
-        except asyncio.CancelledError:
-            await self._stop_workers(graceful=False)
-            raise
-        failures = [(i, r) for i, r in enumerate(setups.result()) if isinstance(r, BaseException)]
-        if failures:
-            await self._stop_workers(graceful=False)
-            worker, cause = failures[0]
-            raise SetupError(
-                f"model {spec.name!r} failed to start in thread worker {worker}: "
-                f"{type(cause).__name__}: {cause}",
-                model=spec.name,
-                worker=worker,
-            ) from cause
+        await await_startup(
+            self._started,
+            partial(self._stop_workers, graceful=False),
+            model=spec.name,
+            kind="thread worker",
+        )
 
     def submit(self, items: Sequence[Any], done: BatchDone) -> None:
         self._jobs.put((items, done))
@@ -108,16 +98,13 @@ class ThreadExecutor(Executor):
             self._fail_waiting_jobs()
         for _ in self._threads:
             self._jobs.put(None)
-        stops = asyncio.gather(*self._stopped, return_exceptions=True)
-        await wait_shielded(stops)
-        for thread in self._threads:
-            thread.join()  # each signalled its end as its last act: this returns at once
+        errors = await join_workers(self._threads, self._stopped)
         self._threads = []
-        # Put the thread pools back from here, once every worker is gone: OpenBLAS ignored
-        # the restore now and then when an exiting worker thread made it.
+        # Put the thread pools back once every worker is gone, with the library handles
+        # taken at apply time: no file reads on the loop.
         for limit in self._limits:
             limit.release()
-        return [r for r in stops.result() if isinstance(r, BaseException)]
+        return errors
 
     def _fail_waiting_jobs(self) -> None:
         while True:
