@@ -211,8 +211,8 @@ class ProcessExecutor(Executor):
             self._fail(part, Closed(f"model {name!r} was closed while the item ran", model=name))
         elif size == 1 and part.crashes >= self._max_attempts:
             error = WorkerCrashed(
-                f"model {name!r}: the worker process died running this item ({reason}), "
-                f"{part.crashes} times out of {part.crashes}",
+                f"model {name!r}: a worker process died running this item on each of its "
+                f"{part.crashes} attempts (last: {reason})",
                 model=name,
                 reason=reason,
                 attempts=part.crashes,
