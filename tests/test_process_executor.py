@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 
@@ -46,6 +47,15 @@ async def test_workers_are_other_processes_that_set_up_once(tmp_path: Path) -> N
         seen = set(await m.map(range(200)))
     assert os.getpid() not in seen
     assert len((await asyncio.to_thread(log.read_text)).split()) == 2
+
+
+async def test_arrays_cross_to_workers_and_back() -> None:
+    rows = [np.arange(6, dtype=np.float32) + i for i in range(300)]
+    async with asyncml.load(models.doubled_rows, executor="process", workers=2) as m:
+        results = await m.map(rows)
+    for row, result in zip(rows, results, strict=True):
+        np.testing.assert_array_equal(result, row * 2)
+        assert result.dtype == np.float32
 
 
 async def test_killing_workers_at_random_loses_nothing() -> None:

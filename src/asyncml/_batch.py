@@ -100,15 +100,21 @@ class BatchRun:
 
 def stack(items: Sequence[Any]) -> Any:
     """``numpy.stack(items)``, three times faster for the usual arrays of one shape and dtype."""
-    first = items[0]
-    if isinstance(first, np.ndarray) and first.ndim:
-        shape, dtype = first.shape, first.dtype
-        if all(
-            type(item) is np.ndarray and item.shape == shape and item.dtype == dtype
-            for item in items
-        ):
-            return np.concatenate(items).reshape((len(items), *shape))
-    return np.stack(items)
+    uniform = stack_uniform(items)
+    return np.stack(items) if uniform is None else uniform
+
+
+def stack_uniform(items: Sequence[Any]) -> np.ndarray | None:
+    """``items`` as one array if they are plain arrays of one shape and dtype, else None."""
+    first = items[0] if len(items) else None
+    if not isinstance(first, np.ndarray) or not first.ndim:
+        return None
+    shape, dtype = first.shape, first.dtype
+    if all(
+        type(item) is np.ndarray and item.shape == shape and item.dtype == dtype for item in items
+    ):
+        return np.concatenate(items).reshape((len(items), *shape))
+    return None
 
 
 def run_batch(model: Model[Any, Any], spec: ModelSpec, items: Sequence[Any]) -> BatchOutcome:

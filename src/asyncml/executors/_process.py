@@ -31,6 +31,7 @@ from .._model import ModelSpec
 from .._threads import IntraOpThreads, resolve_intra_op_threads
 from ._base import BatchDone, Executor, await_startup, close_failed, join_workers, settle
 from ._process_child import serve
+from ._wire import pack, unpack_outcome
 
 #: A replacement worker whose setup() fails this many times in a row is given up.
 _MAX_FAILED_RESTARTS = 5
@@ -353,12 +354,12 @@ class ProcessExecutor(Executor):
         process = self._processes[index]
         assert process is not None
         try:
-            conn.send(items)
+            conn.send(pack(items))
             if not conn.poll(self._execution_timeout):
                 process.kill()
                 process.join()
                 raise _Crash(f"ran over the {self._execution_timeout} s execution timeout")
-            outcome: BatchOutcome = conn.recv()
+            outcome: BatchOutcome = unpack_outcome(conn.recv())
         except (EOFError, OSError):
             process.join()
             raise _Crash(_death(process)) from None

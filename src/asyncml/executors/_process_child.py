@@ -16,6 +16,7 @@ from .._batch import BatchOutcome, run_batch
 from .._errors import ModelError
 from .._model import ModelSpec
 from .._threads import IntraOpLimit
+from ._wire import pack_outcome, unpack
 
 
 def serve(conn: Connection, spec: ModelSpec, threads: int | None) -> None:
@@ -33,18 +34,19 @@ def serve(conn: Connection, spec: ModelSpec, threads: int | None) -> None:
     conn.send(("ready", None))
     while True:
         try:
-            items = conn.recv()
+            message = conn.recv()
         except (EOFError, OSError):
             return  # the parent is gone
-        if items is None:
+        if message is None:
             break
+        items = unpack(message)
         try:
             outcome = run_batch(model, spec, items)
         except BaseException as exc:  # e.g. SystemExit raised by the model's code
             outcome = BatchOutcome.failure(
                 len(items), ModelError.from_exception(exc, model=spec.name)
             )
-        conn.send(outcome)
+        conn.send(pack_outcome(outcome))
     error = None
     try:
         model.close()
