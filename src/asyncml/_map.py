@@ -106,8 +106,11 @@ class MapRun(Generic[R]):
                 while pending:
                     yield await self._next(pending)
             finally:
-                for _, future in pending:
-                    future.cancel()
+                for _, future in pending:  # left early: cancel the rest, and mark failures
+                    if not future.done():  # as seen, so asyncio does not log them
+                        future.cancel()
+                    elif not future.cancelled():
+                        future.exception()
 
     async def _next(self, pending: deque[tuple[int, asyncio.Future[Any]]]) -> Any:
         index, future = pending.popleft()
