@@ -81,15 +81,7 @@ class Batcher:
         Raises:
             ModelError, ItemTimeout, Closed: the item's outcome, if not a result.
         """
-        if (
-            timeout is None
-            and self._timeout is None
-            and not self._closed
-            and len(self._queue) + self._reserved < self._max_queue
-        ):
-            future = self._enqueue(item, _NO_DEADLINE)  # the common case, checked inline
-        else:
-            future = self.try_submit(item, timeout) or await self.submit(item, timeout)
+        future = self.try_submit(item, timeout) or await self.submit(item, timeout)
         try:
             return await future
         except asyncio.CancelledError:
@@ -277,17 +269,20 @@ class Batcher:
         now = self._loop.time()
         if all(entry[3] > now and not entry[1].done() for entry in entries):
             return entries, [entry[0] for entry in entries]
-        live: list[_Entry] = []
-        for entry in entries:
-            future = entry[1]
-            if future.done():
-                self._count_dropped(future)
-            elif entry[3] <= now:  # expired, and its timer has not fired yet
-                future.set_exception(self._timeout_error())
-                self._timed_out += 1
-            else:
-                live.append(entry)
+        live = [entry for entry in entries if not self._drop_if_dead(entry, now)]
         return live, [entry[0] for entry in live]
+
+    def _drop_if_dead(self, entry: _Entry, now: float) -> bool:
+        """Settles and counts a cancelled or expired entry; True if it was one."""
+        future = entry[1]
+        if future.done():
+            self._count_dropped(future)
+            return True
+        if entry[3] <= now:  # expired, and its timer has not fired yet
+            future.set_exception(self._timeout_error())
+            self._timed_out += 1
+            return True
+        return False
 
     def _take_similar(self, grouping: Grouping) -> tuple[list[_Entry], list[Any]]:
         """The oldest queued item and those nearest to it in cost (see ``_grouping``)."""
@@ -297,19 +292,13 @@ class Batcher:
         costs: list[float] = []
         while queue and len(window) < self._max_batch * WINDOW_BATCHES:
             entry = queue.popleft()
-            future = entry[1]
-            if future.done():
-                self._count_dropped(future)
-                continue
-            if entry[3] <= now:
-                future.set_exception(self._timeout_error())
-                self._timed_out += 1
+            if self._drop_if_dead(entry, now):
                 continue
             try:
                 cost = float(grouping.item_cost(entry[0]))
             except Exception as exc:  # a bad item: it fails alone, as in predict()
                 message = f"model {self._name!r}: item_cost() failed: {type(exc).__name__}: {exc}"
-                future.set_exception(ModelError(message, model=self._name, cause=exc))
+                entry[1].set_exception(ModelError(message, model=self._name, cause=exc))
                 self._failed += 1
                 continue
             window.append(entry)
