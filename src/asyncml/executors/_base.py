@@ -9,10 +9,11 @@ batches outstanding, so ``submit`` always finds a free worker.
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from .._batch import BatchOutcome
 from .._errors import AsyncmlError, SetupError
@@ -21,6 +22,8 @@ from .._shield import wait_shielded
 
 #: Called exactly once per submitted batch, on the event loop's thread.
 BatchDone = Callable[[BatchOutcome], None]
+
+_Job = TypeVar("_Job")
 
 
 class Executor(ABC):
@@ -124,3 +127,28 @@ async def join_workers(
     for thread in threads:
         thread.join()  # each signalled its end as its last act: this returns at once
     return [r for r in stops.result() if isinstance(r, BaseException)]
+
+
+def require_sync(spec: ModelSpec, workers: str) -> None:
+    """Raises ``TypeError`` if the model has async methods, which ``workers`` cannot run."""
+    if spec.is_async:
+        raise TypeError(
+            f"model {spec.name!r} has an async predict(); {workers} run synchronous code: "
+            "use executor='inline'"
+        )
+    if spec.async_lifecycle:
+        raise TypeError(
+            f"model {spec.name!r} has an async setup(), warmup() or close(); {workers} run "
+            "synchronous code: make them plain methods, or use executor='inline'"
+        )
+
+
+def drain(jobs: queue.SimpleQueue[_Job | None]) -> Iterator[_Job]:
+    """Takes every job still waiting in ``jobs`` (stop markers are dropped)."""
+    while True:
+        try:
+            job = jobs.get_nowait()
+        except queue.Empty:
+            return
+        if job is not None:
+            yield job

@@ -29,7 +29,16 @@ from .._batch import BatchOutcome
 from .._errors import AsyncmlError, Closed, SetupError, WorkerCrashed
 from .._model import ModelSpec
 from .._threads import IntraOpThreads, resolve_intra_op_threads
-from ._base import BatchDone, Executor, await_startup, close_failed, join_workers, settle
+from ._base import (
+    BatchDone,
+    Executor,
+    await_startup,
+    close_failed,
+    drain,
+    join_workers,
+    require_sync,
+    settle,
+)
 from ._process_child import serve
 from ._wire import pack, unpack_outcome
 
@@ -129,11 +138,7 @@ class ProcessExecutor(Executor):
         return self._workers
 
     def check(self, spec: ModelSpec) -> None:
-        if spec.is_async or spec.async_lifecycle:
-            raise TypeError(
-                f"model {spec.name!r} has async methods; process workers run synchronous "
-                "code: use executor='inline'"
-            )
+        require_sync(spec, "process workers")
         try:
             pickle.dumps(spec)
         except Exception as exc:
@@ -180,7 +185,9 @@ class ProcessExecutor(Executor):
         """Stops every worker and its driver; returns the errors their close() raised."""
         self._closing = True
         if not graceful:
-            self._fail_queued(Closed("the model was closed before the item ran"))
+            name = self._spec.name if self._spec else "?"
+            closed = Closed(f"model {name!r} was closed before the item ran", model=name)
+            self._fail_queued(closed)
             for process in self._processes:
                 if process is not None:
                     process.kill()  # running batches fail with Closed (see _crashed)
@@ -242,13 +249,8 @@ class ProcessExecutor(Executor):
             batch.done(BatchOutcome(batch.values, batch.errors or None))
 
     def _fail_queued(self, error: AsyncmlError) -> None:
-        while True:
-            try:
-                part = self._parts.get_nowait()
-            except queue.Empty:
-                return
-            if part is not None:
-                self._fail(part, error)
+        for part in drain(self._parts):
+            self._fail(part, error)
 
     def _lost_worker(self, error: AsyncmlError) -> None:
         """A worker slot gave up restarting; with none left, nothing can run any more."""

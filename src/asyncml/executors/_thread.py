@@ -18,7 +18,16 @@ from .._batch import BatchOutcome, run_batch
 from .._errors import Closed, ModelError
 from .._model import ModelSpec
 from .._threads import IntraOpLimit, IntraOpThreads, resolve_intra_op_threads
-from ._base import BatchDone, Executor, await_startup, close_failed, join_workers, settle
+from ._base import (
+    BatchDone,
+    Executor,
+    await_startup,
+    close_failed,
+    drain,
+    join_workers,
+    require_sync,
+    settle,
+)
 
 _Job = tuple[Sequence[Any], BatchDone] | None
 
@@ -49,16 +58,7 @@ class ThreadExecutor(Executor):
         return self._workers
 
     def check(self, spec: ModelSpec) -> None:
-        if spec.is_async:
-            raise TypeError(
-                f"model {spec.name!r} has an async predict(); thread workers run synchronous "
-                "code: use executor='inline'"
-            )
-        if spec.async_lifecycle:
-            raise TypeError(
-                f"model {spec.name!r} has an async setup(), warmup() or close(); thread workers "
-                "run synchronous code: make them plain methods, or use executor='inline'"
-            )
+        require_sync(spec, "thread workers")
 
     async def start(self, spec: ModelSpec) -> None:
         loop = asyncio.get_running_loop()
@@ -107,17 +107,9 @@ class ThreadExecutor(Executor):
         return errors
 
     def _fail_waiting_jobs(self) -> None:
-        while True:
-            try:
-                job = self._jobs.get_nowait()
-            except queue.Empty:
-                return
-            if job is not None:
-                items, done = job
-                closed = Closed(
-                    f"model {self._name!r} was closed before the item ran", model=self._name
-                )
-                done(BatchOutcome.failure(len(items), closed))
+        closed = f"model {self._name!r} was closed before the item ran"
+        for items, done in drain(self._jobs):
+            done(BatchOutcome.failure(len(items), Closed(closed, model=self._name)))
 
     def _work(self, spec: ModelSpec, loop: asyncio.AbstractEventLoop, index: int) -> None:
         started, stopped = self._started[index], self._stopped[index]
