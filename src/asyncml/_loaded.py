@@ -93,7 +93,7 @@ class LoadedModel(Generic[In, Out]):
 
     def _running(self) -> Batcher:
         if self._batcher is None:
-            raise _not_running(self.name)
+            raise RuntimeError(f"model {self.name!r} is not running: use 'async with'")
         return self._batcher
 
     def __call__(self, item: In, *, timeout: float | None = None) -> Coroutine[Any, Any, Out]:
@@ -113,10 +113,7 @@ class LoadedModel(Generic[In, Out]):
             Closed: the model is closed.
         """
         # A plain method returning the batcher's coroutine: one coroutine per call, not two.
-        batcher = self._batcher
-        if batcher is None:
-            raise _not_running(self.name)
-        coroutine: Coroutine[Any, Any, Out] = batcher.call(item, timeout)
+        coroutine: Coroutine[Any, Any, Out] = self._running().call(item, timeout)
         return coroutine
 
     def call_nowait(self, item: In, *, timeout: float | None = None) -> asyncio.Future[Out]:
@@ -187,7 +184,7 @@ class LoadedModel(Generic[In, Out]):
                     results.append(error)
             return results
         finally:
-            batcher.note_dropped(_abandon(futures))
+            batcher.note_dropped(abandon(futures))
 
     @overload
     def as_completed(
@@ -262,15 +259,11 @@ class LoadedModel(Generic[In, Out]):
             while outstanding:
                 yield await next_finished()
         finally:
-            batcher.note_dropped(_abandon(outstanding.values()))
+            batcher.note_dropped(abandon(outstanding.values()))
 
     def statistics(self) -> ModelStatistics:
         """A frozen snapshot: counters, queue depth, batch-size histogram, latency."""
         return self._running().statistics()
-
-
-def _not_running(name: str) -> RuntimeError:
-    return RuntimeError(f"model {name!r} is not running: use 'async with'")
 
 
 async def _submit_or_fail(
@@ -286,7 +279,7 @@ async def _submit_or_fail(
         return failed
 
 
-def _abandon(futures: Iterable[asyncio.Future[Any]]) -> int:
+def abandon(futures: Iterable[asyncio.Future[Any]]) -> int:
     """Cancels unfinished futures and marks failed ones as seen (no 'never retrieved').
 
     Returns how many it cancelled.

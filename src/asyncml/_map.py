@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar, overload
 
 from ._errors import AsyncmlError, ModelError
-from ._loaded import DEFAULT_MAX_QUEUE, ExecutorName, load
+from ._loaded import DEFAULT_MAX_QUEUE, ExecutorName, abandon, load
 from .executors import Executor
 
 T = TypeVar("T")
@@ -106,11 +106,7 @@ class MapRun(Generic[R]):
                 while pending:
                     yield await self._next(pending)
             finally:
-                for _, future in pending:  # left early: cancel the rest, and mark failures
-                    if not future.done():  # as seen, so asyncio does not log them
-                        future.cancel()
-                    elif not future.cancelled():
-                        future.exception()
+                abandon(future for _, future in pending)  # left early
 
     async def _next(self, pending: deque[tuple[int, asyncio.Future[Any]]]) -> Any:
         index, future = pending.popleft()
