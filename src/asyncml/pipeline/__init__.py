@@ -1,0 +1,27 @@
+"""Pipelines: stages chained by bounded queues, with retries, dead letters and progress."""
+
+from ._failures import DeadLetter, JsonlDeadLetters, PipelineFailed
+from ._pipeline import Pipeline, PipelineRun
+from ._progress import LogProgress, Progress, RichProgress
+from ._rate import RateLimit
+from ._retry import Retry
+from ._stage import Stage, stage
+from ._stats import PipelineStatistics, PipelineSummary, StageStatistics
+
+__all__ = [
+    "DeadLetter",
+    "JsonlDeadLetters",
+    "LogProgress",
+    "Pipeline",
+    "PipelineFailed",
+    "PipelineRun",
+    "PipelineStatistics",
+    "PipelineSummary",
+    "Progress",
+    "RateLimit",
+    "Retry",
+    "RichProgress",
+    "Stage",
+    "StageStatistics",
+    "stage",
+]

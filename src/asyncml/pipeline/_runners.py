@@ -1,0 +1,191 @@
+"""Running one stage: its workers, its retries, and what it hands on.
+
+A stage's workers take items from its :class:`Channel` and pass what they produce to the
+next stage's channel (or to the pipeline's outputs). Three kinds of worker, by where the code
+runs: ``async`` coroutines (one item each), ``inline`` sync functions (a chunk at a time, on
+the loop), and ``pool`` workers that hand chunks to a :class:`~asyncml.LoadedModel`, whose
+batcher coalesces the chunks of all of them into batches for threads or processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .._errors import AsyncmlError
+from .._loaded import LoadedModel
+from ._channel import Channel, Item
+from ._rate import TokenBucket
+from ._stage import Stage, unwrap_failure
+from ._stats import StageStatistics
+
+Downstream = Callable[[list[Item]], Awaitable[None]]
+OnFailure = Callable[[Stage, Item, BaseException], None]
+
+
+class StageRun:
+    """One stage during one run of a pipeline."""
+
+    def __init__(
+        self,
+        stage: Stage,
+        inbox: Channel,
+        downstream: Downstream,
+        fan_out: Callable[[int, int], None],
+        on_failure: OnFailure,
+    ):
+        self.stage = stage
+        self.inbox = inbox
+        self._downstream = downstream
+        self._fan_out = fan_out
+        self._on_failure = on_failure
+        self._bucket = TokenBucket(stage.rate) if stage.rate is not None else None
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._retry_keys = itertools.count()
+        self.model: LoadedModel[Any, Any] | None = None
+        self.received = self.done = self.emitted = self.in_flight = 0
+        self.retries = self.failures = 0
+
+    def workers(self) -> list[Callable[[], Awaitable[None]]]:
+        """The worker loops to start; the stage is done when all have returned."""
+        stage = self.stage
+        if stage.kind == "async":
+            return [self._async_worker] * stage.concurrency
+        if stage.kind == "inline":
+            return [self._inline_worker]
+        tasks = max(1, -(-stage.concurrency // stage.batch_size))
+        return [self._pool_worker] * tasks
+
+    def statistics(self) -> StageStatistics:
+        return StageStatistics(
+            name=self.stage.name,
+            received=self.received,
+            done=self.done,
+            emitted=self.emitted,
+            in_flight=self.in_flight,
+            queued=len(self.inbox) + self.inbox.retries_pending,
+            retries=self.retries,
+            failures=self.failures,
+        )
+
+    def cancel_retries(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+
+    # -- workers ---------------------------------------------------------------------------
+
+    async def _async_worker(self) -> None:
+        fn, timeout = self.stage.fn, self.stage.timeout
+        while chunk := await self._take(1):
+            item = chunk[0]
+            try:
+                if self._bucket is not None:
+                    await self._bucket.acquire()
+                if timeout is None:
+                    result = await fn(item[2])
+                else:
+                    async with asyncio.timeout(timeout):
+                        result = await fn(item[2])
+            except Exception as error:
+                retried = self._failed(item, error)
+                await self._emit([], taken=1, finished=1 - retried)
+            else:
+                await self._emit(self._pass_on([item], [result]), taken=1, finished=1)
+
+    async def _inline_worker(self) -> None:
+        fn = self.stage.fn
+        while chunk := await self._take(256):
+            if self._bucket is not None:
+                await self._bucket.acquire(len(chunk))
+            results: list[Any] = []
+            succeeded: list[Item] = []
+            retried = 0
+            for item in chunk:
+                try:
+                    results.append(fn(item[2]))
+                except Exception as error:
+                    retried += self._failed(item, error)
+                else:
+                    succeeded.append(item)
+            passed = self._pass_on(succeeded, results)
+            await self._emit(passed, taken=len(chunk), finished=len(chunk) - retried)
+
+    async def _pool_worker(self) -> None:
+        model = self.model
+        assert model is not None, "pool stages run with their model loaded"
+        while chunk := await self._take(self.stage.batch_size):
+            if self._bucket is not None:
+                await self._bucket.acquire(len(chunk))
+            outcomes = await model.map([item[2] for item in chunk], return_exceptions=True)
+            results: list[Any] = []
+            succeeded: list[Item] = []
+            retried = 0
+            for item, outcome in zip(chunk, outcomes, strict=True):
+                outcome = unwrap_failure(outcome)
+                if isinstance(outcome, AsyncmlError):
+                    retried += self._failed(item, outcome)
+                else:
+                    succeeded.append(item)
+                    results.append(outcome)
+            passed = self._pass_on(succeeded, results)
+            await self._emit(passed, taken=len(chunk), finished=len(chunk) - retried)
+
+    # -- shared steps ----------------------------------------------------------------------
+
+    async def _take(self, limit: int) -> list[Item]:
+        chunk = await self.inbox.get(limit)
+        self.in_flight += len(chunk)
+        return chunk
+
+    def _pass_on(self, items: list[Item], results: list[Any]) -> list[Item]:
+        """The next stage's items for ``results``, one per item or, when flat, 0..n each."""
+        if not self.stage.flat:
+            return [
+                (root, path, result, 1)
+                for (root, path, _, _), result in zip(items, results, strict=True)
+            ]
+        passed: list[Item] = []
+        for (root, path, _, _), outputs in zip(items, results, strict=True):
+            produced = outputs if isinstance(outputs, list) else list(outputs)
+            if len(produced) == 1:
+                passed.append((root, path, produced[0], 1))
+                continue
+            self._fan_out(root, len(produced))
+            passed.extend((root, (*path, n), out, 1) for n, out in enumerate(produced))
+        return passed
+
+    async def _emit(self, items: list[Item], *, taken: int, finished: int) -> None:
+        """Hands ``items`` on: ``taken`` items left the stage, ``finished`` of them for good
+        (the others wait for a retry)."""
+        self.emitted += len(items)
+        try:
+            if items:
+                await self._downstream(items)
+        finally:
+            self.in_flight -= taken
+            self.done += finished
+
+    def _failed(self, item: Item, error: BaseException) -> bool:
+        """Schedules a retry of ``item`` if its policy allows; returns whether it did."""
+        root, path, value, attempt = item
+        retry = self.stage.retry
+        if not retry.retries(error, attempt):
+            self.failures += 1
+            self._on_failure(self.stage, item, error)
+            return False
+        self.retries += 1
+        self.inbox.expect_retry()
+        key = next(self._retry_keys)
+        again: Item = (root, path, value, attempt + 1)
+        delay = retry.delay(error, attempt)
+        self._timers[key] = asyncio.get_running_loop().call_later(
+            delay, self._retry_now, key, again
+        )
+        return True
+
+    def _retry_now(self, key: int, item: Item) -> None:
+        del self._timers[key]
+        self.inbox.put_retry(item)
