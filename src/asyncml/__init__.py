@@ -22,10 +22,12 @@ from ._looplag import LoopLagMonitor, LoopLagStatistics
 from ._map import MapRun, map
 from ._model import Model
 from ._stats import LatencySummary, ModelStatistics
+from .pipeline import DeadLetter, Pipeline, PipelineFailed, RateLimit, Retry, fetch, stage
 
 __all__ = [
     "AsyncmlError",
     "Closed",
+    "DeadLetter",
     "ItemTimeout",
     "LatencySummary",
     "LoadedModel",
@@ -37,8 +39,14 @@ __all__ = [
     "ModelStatistics",
     "OutputMismatch",
     "Overloaded",
+    "Pipeline",
+    "PipelineFailed",
+    "RateLimit",
+    "Retry",
     "SetupError",
     "WorkerCrashed",
+    "fetch",
     "load",
     "map",
+    "stage",
 ]

@@ -1,6 +1,7 @@
 """Pipelines: stages chained by bounded queues, with retries, dead letters and progress."""
 
 from ._failures import DeadLetter, JsonlDeadLetters, PipelineFailed
+from ._fetch import Fetch, HTTPStatusError, RetryableStatus, fetch
 from ._pipeline import Pipeline, PipelineRun
 from ._progress import LogProgress, Progress, RichProgress
 from ._rate import RateLimit
@@ -10,6 +11,8 @@ from ._stats import PipelineStatistics, PipelineSummary, StageStatistics
 
 __all__ = [
     "DeadLetter",
+    "Fetch",
+    "HTTPStatusError",
     "JsonlDeadLetters",
     "LogProgress",
     "Pipeline",
@@ -20,8 +23,10 @@ __all__ = [
     "Progress",
     "RateLimit",
     "Retry",
+    "RetryableStatus",
     "RichProgress",
     "Stage",
     "StageStatistics",
+    "fetch",
     "stage",
 ]
