@@ -24,7 +24,7 @@ from ._runners import StageRun
 from ._stage import Stage, stage
 from ._stats import PipelineStatistics, PipelineSummary
 
-#: Source items read and handed to the first stage at a time.
+#: Source items read and handed to the first stage at a time (at most its queue's size).
 SOURCE_CHUNK = 256
 
 
@@ -294,6 +294,7 @@ class PipelineRun:
     async def _feed(self) -> None:
         first = self._stages[0].inbox
         outputs = self._outputs
+        chunk_size = min(SOURCE_CHUNK, first.capacity)
         index = 0
         try:
             if isinstance(self._items, AsyncIterable):
@@ -306,7 +307,7 @@ class PipelineRun:
                 for value in self._items:
                     chunk.append((index, (), value, 1))
                     index += 1
-                    if len(chunk) == SOURCE_CHUNK:
+                    if len(chunk) == chunk_size:
                         await outputs.admit(len(chunk))
                         await first.put(chunk)
                         chunk = []
