@@ -1,0 +1,51 @@
+"""Pipelines with process stages: real worker processes, real signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+from asyncml.pipeline import Pipeline, stage
+from tests import process_models
+
+SCRIPTS = Path(__file__).parent / "scripts"
+
+
+def test_ctrl_c_stops_a_pipeline_and_leaves_no_process_or_thread() -> None:
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "pipeline_interrupted.py")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")},
+    )
+    assert process.stdout is not None
+    workers: list[int] = []
+    for line in process.stdout:
+        if line.startswith("worker "):
+            workers.append(int(line.split()[1]))
+        if line.startswith("running"):
+            break
+    assert len(workers) == 2
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, output
+    assert output.strip().splitlines()[-1] == "interrupted alive=[]"
+    for pid in workers:  # joined by the pipeline before the script exited
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+async def test_a_process_stage_gives_every_item_one_outcome() -> None:
+    pipeline = Pipeline(
+        stage(process_models.exit_on_13, batched=True, executor="process", workers=2, batch_size=8)
+    )
+    async with pipeline.stream(range(40), with_index=True) as outputs:
+        got = dict([pair async for pair in outputs])
+    assert sorted(got) == [i for i in range(40) if i != 13]
+    summary = outputs.summary()
+    assert summary.failed == 1
+    assert summary.dead_letters[0].error_type == "WorkerCrashed"
