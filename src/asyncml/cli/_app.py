@@ -18,3 +18,6 @@ def main() -> None:
       1  the job ran but stopped on failures (see the message)
       2  bad usage or input: a wrong option, a missing file, a REF that does not import
     """
+
+
+from . import run  # noqa: E402, F401 - registers "asyncml run"

@@ -1,0 +1,270 @@
+"""``asyncml run``: a model over every row of a file, resumable, each row written once.
+
+A thin wrapper of :func:`asyncml.job.run_job`: it resolves the REF, shows progress with
+rich, prints a summary, and turns errors into one line and an exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from .._errors import AsyncmlError, SetupError
+from .._ref import RefError, resolve
+from ..job import JobError, JobProgress, JobSummary, TooManyFailures, run_job
+from ..job._run import DEFAULT_COMMIT_ROWS
+from ._app import main
+
+EXIT_FAILURES = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _max_failures(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        if value.isdigit():
+            return int(value)
+        fraction = float(value)
+    except ValueError:
+        fraction = -1.0
+    if not 0 <= fraction < 1:
+        raise click.BadParameter(f"{value!r} is neither a count (10) nor a fraction (0.01)")
+    return fraction
+
+
+@main.command("run", context_settings={"max_content_width": 100})
+@click.argument("ref")
+@click.option(
+    "--input",
+    "-i",
+    "input_path",
+    required=True,
+    metavar="PATH",
+    help="Rows to run: .jsonl, .csv or .parquet; '-' reads JSONL from stdin.",
+)
+@click.option(
+    "--output",
+    "-o",
+    "output_path",
+    required=True,
+    metavar="PATH",
+    help="Where results go: .jsonl, .csv or .parquet; '-' writes JSONL to stdout.",
+)
+@click.option(
+    "--field",
+    metavar="NAME",
+    help="Give the model this field of each row (default: the whole row).",
+)
+@click.option(
+    "--id-field",
+    metavar="NAME",
+    help="Take each row's id from this field (default: its 0-based number, as 'id').",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["auto", "thread", "process"]),
+    default="auto",
+    show_default=True,
+    help="Where the model runs.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Workers running the model (default 1).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Largest batch per model call (default: the model's).",
+)
+@click.option(
+    "--resume", is_flag=True, help="Continue the job the journal records, from its last commit."
+)
+@click.option(
+    "--force", is_flag=True, help="Discard an existing journal and its parts, and start over."
+)
+@click.option(
+    "--dead-letter",
+    "dead_letter",
+    metavar="PATH",
+    help="JSONL file of the rows that failed (default: OUTPUT.dead.jsonl).",
+)
+@click.option(
+    "--max-failures",
+    callback=_max_failures,
+    metavar="N|FRACTION",
+    help="Stop (exit 1) once more than N rows, or this fraction of rows, failed.",
+)
+@click.option(
+    "--journal", metavar="PATH", help="The job's journal (default: OUTPUT.journal.sqlite)."
+)
+@click.option(
+    "--commit-every",
+    type=click.IntRange(min=1),
+    default=DEFAULT_COMMIT_ROWS,
+    show_default=True,
+    metavar="N",
+    help="Commit at least every N rows (and every 10 seconds).",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bar (none without a terminal).")
+def run(
+    ref: str,
+    input_path: str,
+    output_path: str,
+    field: str | None,
+    id_field: str | None,
+    executor: str,
+    workers: int | None,
+    batch_size: int | None,
+    resume: bool,
+    force: bool,
+    dead_letter: str | None,
+    max_failures: int | float | None,
+    journal: str | None,
+    commit_every: int,
+    no_progress: bool,
+) -> None:
+    """Run the model REF over every row of --input into --output.
+
+    REF is path/to/file.py:name or package.module:name, naming a Model subclass or
+    instance, or a function of a batch (a list) that returns one output per item.
+
+    \b
+    Each output row holds the row's id and the model's output, in a field named
+    'prediction' (or the fields of a dict output). Rows that fail (malformed, missing a
+    field, or a model error for that item) go to the dead-letter file, and the job goes on.
+
+    \b
+    Every row is written exactly once, even across crashes: results are committed in
+    parts, recorded in a journal (SQLite), and assembled into OUTPUT at the end. After an
+    interruption, run the same command with --resume: it continues from the last commit,
+    without computing committed rows again. A journal of another job (a changed model,
+    input or options) is refused; --force starts over.
+
+    \b
+    Exit codes:
+      0    every row was processed (failed rows are in the dead-letter file)
+      1    stopped: more rows failed than --max-failures allows, or the model's setup failed
+      2    bad usage or input: a missing file, an unwritable output, a REF that does not
+           import, a journal in the way
+      130  interrupted (Ctrl-C); committed work is kept for --resume
+    """
+    console = Console(stderr=True, highlight=False)
+    if resume and force:
+        _fail("--resume and --force contradict each other: choose one", EXIT_USAGE)
+    try:
+        model = resolve(ref)
+    except RefError as error:
+        _fail(str(error), EXIT_USAGE)
+    show_progress = not no_progress and console.is_terminal
+    try:
+        summary = asyncio.run(
+            _run(
+                model.obj,
+                console=console,
+                show_progress=show_progress,
+                input_path=input_path,
+                output_path=output_path,
+                field=field,
+                id_field=id_field,
+                dead_letters=dead_letter,
+                journal=journal,
+                resume=resume,
+                force=force,
+                max_failures=max_failures,
+                executor=executor,
+                workers=workers,
+                batch_size=batch_size,
+                commit_rows=commit_every,
+                model_ref=ref,
+                code_hash=model.code_hash(),
+            )
+        )
+    except KeyboardInterrupt:
+        _fail("interrupted: committed work is kept; run again with --resume", EXIT_INTERRUPTED)
+    except TooManyFailures as error:
+        _fail(str(error), EXIT_FAILURES)
+    except SetupError as error:
+        _fail(str(error), EXIT_FAILURES)
+    except JobError as error:
+        _fail(str(error), EXIT_USAGE)
+    except (TypeError, ValueError) as error:  # the REF names no model, or a bad option
+        _fail(f"{ref!r}: {error}", EXIT_USAGE)
+    except AsyncmlError as error:
+        _fail(str(error), EXIT_FAILURES)
+    _print_summary(console, summary)
+
+
+async def _run(model: Any, *, console: Console, show_progress: bool, **options: Any) -> JobSummary:
+    if not show_progress:
+        return await run_job(model, **options)
+    with _ProgressBar(console) as bar:
+        return await run_job(model, on_progress=bar.update, **options)
+
+
+class _ProgressBar:
+    """A rich progress bar fed by the job's progress reports."""
+
+    def __init__(self, console: Console):
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[rows]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> _ProgressBar:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def update(self, progress: JobProgress) -> None:
+        rows = f"{progress.rows:,} rows, {progress.failed:,} failed"
+        if self._task is None:
+            # Starting at the resumed position, so the rate and ETA count this run only.
+            self._task = self._progress.add_task(
+                "asyncml run", total=progress.total, completed=progress.position, rows=rows
+            )
+        else:
+            self._progress.update(self._task, completed=progress.position, rows=rows)
+
+
+def _print_summary(console: Console, summary: JobSummary) -> None:
+    console.print(
+        f"asyncml run: {summary.rows:,} rows in {summary.wall_s:.2f} s "
+        f"({summary.rows_per_s:,.0f} rows/s): {summary.ok:,} ok, {summary.failed:,} failed, "
+        f"{summary.resumed:,} resumed",
+        soft_wrap=True,
+    )
+    if summary.output != "-":
+        console.print(f"  output: {summary.output}", soft_wrap=True)
+    if summary.dead_letters:
+        console.print(f"  dead letters: {summary.dead_letters}", soft_wrap=True)
+
+
+def _fail(message: str, code: int) -> Any:
+    click.echo(f"asyncml run: error: {message}", err=True)
+    raise click.exceptions.Exit(code)

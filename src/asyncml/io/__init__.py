@@ -1,0 +1,25 @@
+"""Row sources and output encoders for JSONL, CSV and Parquet files.
+
+Readers yield :class:`RowChunk` objects: consecutive rows and the position (a byte offset,
+or a row number for Parquet) where reading can resume after them. pyarrow is imported only
+when a CSV or Parquet file is read or written.
+"""
+
+from ._chunk import BAD_ROW, BadRow, RowChunk, Source
+from ._formats import Format, assemble, encode_part, format_of, open_source, part_format
+from ._jsonl import encode_jsonl, parse_lines
+
+__all__ = [
+    "BAD_ROW",
+    "BadRow",
+    "Format",
+    "RowChunk",
+    "Source",
+    "assemble",
+    "encode_jsonl",
+    "encode_part",
+    "format_of",
+    "open_source",
+    "parse_lines",
+    "part_format",
+]

@@ -1,0 +1,140 @@
+"""Output rows as Arrow tables: Parquet part files, assembled into one CSV or Parquet file.
+
+Parts may disagree on a column's type (a column of nulls in one part, of ints in the next)
+or on the columns themselves (dict outputs with other keys): assembly unifies their schemas
+and fills missing columns with nulls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from ._chunk import BadRow
+
+_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+def records_to_table(
+    records: Sequence[dict[str, Any]], *, flat: bool
+) -> tuple[Any, dict[int, BadRow]]:
+    """The records as a ``pyarrow.Table``.
+
+    A column Arrow cannot type (mixed kinds of values, arrays of several dimensions) is
+    written as JSON text; with ``flat`` (for CSV) so is every list or struct column.
+
+    Returns:
+        The table, and offset -> why, for records that cannot be written (left out).
+    """
+    import pyarrow as pa
+
+    names: dict[str, None] = {}
+    for record in records:
+        names.update(dict.fromkeys(record))
+    columns: dict[str, Any] = {}
+    bad: dict[int, BadRow] = {}
+    for name in names:
+        values = [record.get(name) for record in records]
+        try:
+            column = pa.array(values, from_pandas=False)
+            if flat and _is_nested(column.type):
+                raise pa.ArrowInvalid("nested values go to CSV as JSON text")
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError):
+            column = pa.array(_json_texts(values, bad), type=pa.string())
+        columns[name] = column
+    table = pa.table(columns) if columns else pa.table({})
+    if bad:
+        keep = [offset for offset in range(len(records)) if offset not in bad]
+        table = table.take(pa.array(keep, type=pa.int64()))
+    return table, bad
+
+
+def _is_nested(type_: Any) -> bool:
+    import pyarrow as pa
+
+    return bool(
+        pa.types.is_list(type_)
+        or pa.types.is_large_list(type_)
+        or pa.types.is_fixed_size_list(type_)
+        or pa.types.is_struct(type_)
+        or pa.types.is_map(type_)
+    )
+
+
+def _json_texts(values: list[Any], bad: dict[int, BadRow]) -> list[str | None]:
+    texts: list[str | None] = []
+    for offset, value in enumerate(values):
+        if value is None:
+            texts.append(None)
+            continue
+        try:
+            texts.append(orjson.dumps(value, option=_JSON_OPTIONS).decode())
+        except TypeError as error:
+            bad.setdefault(offset, BadRow("TypeError", f"output is not serialisable: {error}"))
+            texts.append(None)
+    return texts
+
+
+def write_parquet(table: Any, file: BinaryIO) -> None:
+    """Writes ``table`` as one Parquet file to an open binary file."""
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, file, compression="zstd")
+
+
+def assemble_tables(parts: Sequence[Path], file: BinaryIO, *, output_format: str) -> int:
+    """Streams the Parquet ``parts``, in order, into one CSV or Parquet file.
+
+    Returns:
+        The number of rows written.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schemas = [pq.read_schema(part) for part in parts]
+    nonempty = [schema for schema in schemas if schema.names]
+    schema = pa.unify_schemas(nonempty, promote_options="permissive") if nonempty else pa.schema([])
+    schema = pa.schema([_concrete(f) for f in schema])
+    writer = _writer(file, schema, output_format)
+    rows = 0
+    try:
+        for part in parts:
+            for batch in pq.ParquetFile(part).iter_batches(use_threads=False):
+                table = _conform(pa.Table.from_batches([batch]), schema)
+                writer.write_table(table)
+                rows += table.num_rows
+    finally:
+        writer.close()
+    return rows
+
+
+def _concrete(field: Any) -> Any:
+    import pyarrow as pa
+
+    # A column that is null everywhere still needs a writable type.
+    return field.with_type(pa.string()) if pa.types.is_null(field.type) else field
+
+
+def _conform(table: Any, schema: Any) -> Any:
+    import pyarrow as pa
+
+    columns = [
+        table.column(f.name).cast(f.type)
+        if f.name in table.column_names
+        else pa.nulls(table.num_rows, type=f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _writer(file: BinaryIO, schema: Any, output_format: str) -> Any:
+    if output_format == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetWriter(file, schema, compression="zstd")
+    from pyarrow import csv
+
+    return csv.CSVWriter(file, schema)

@@ -1,0 +1,318 @@
+"""``run_job``: a model over every row of a file, each row's outcome committed exactly once.
+
+The event loop only queues items and moves outcomes along. Reading and parsing, encoding
+and committing run in threads; the model runs on its executor. Rows are read in chunks;
+each chunk's items go to the model at once, and outcomes come back in input order (see
+``_ordered``), so every commit covers a prefix of the input and resuming needs only the
+last commit's position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .._loaded import ExecutorName, LoadedModel, load
+from ..io import Source, open_source
+from ._crash import CrashPoints
+from ._errors import InputError, TooManyFailures
+from ._fingerprint import describe_model
+from ._ordered import DEFAULT_MAX_IN_FLIGHT, ordered_outcomes
+from ._output import CommittedOutput, StreamedOutput, Tally
+from ._rows import DEFAULT_ID, Items, to_items
+from ._start import JobPaths, Started, check_paths, start
+
+#: Commit at least every this many rows, and at least this often (seconds).
+DEFAULT_COMMIT_ROWS = 100_000
+DEFAULT_COMMIT_INTERVAL = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class JobProgress:
+    """Where a running job stands; passed to ``on_progress`` after each chunk.
+
+    Attributes:
+        rows: rows done since the job began (a prefix of the input).
+        ok: rows written; failed: rows dead-lettered.
+        resumed: rows that were already done when this run started.
+        position: how far the input has been read, in ``unit`` (``"bytes"`` or ``"rows"``).
+        total: the input's size in ``unit``, when known.
+    """
+
+    rows: int
+    ok: int
+    failed: int
+    resumed: int
+    position: int
+    total: int | None
+    unit: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobSummary:
+    """What a finished job did.
+
+    Attributes:
+        output: where the rows were written (``"-"``: stdout).
+        dead_letters: the dead-letter file, if any row failed.
+        rows, ok, failed: rows done, written and dead-lettered, since the job began.
+        resumed: rows already done when this run started (not computed again).
+        wall_s: this run's duration; rows_per_s: rows this run did per second.
+    """
+
+    output: str
+    dead_letters: str | None
+    rows: int
+    ok: int
+    failed: int
+    resumed: int
+    wall_s: float
+    rows_per_s: float
+
+
+async def run_job(
+    model: Any,
+    input_path: str | Path,
+    output_path: str | Path,
+    *,
+    field: str | None = None,
+    id_field: str | None = None,
+    dead_letters: str | Path | None = None,
+    journal: str | Path | None = None,
+    use_journal: bool = True,
+    resume: bool = False,
+    force: bool = False,
+    max_failures: int | float | None = None,
+    executor: ExecutorName = "auto",
+    workers: int | None = None,
+    batch_size: int | None = None,
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    chunk_size: int = 0,
+    commit_rows: int = DEFAULT_COMMIT_ROWS,
+    commit_interval: float = DEFAULT_COMMIT_INTERVAL,
+    model_ref: str | None = None,
+    code_hash: str | None = None,
+    on_progress: Callable[[JobProgress], None] | None = None,
+) -> JobSummary:
+    """Runs ``model`` over every row of ``input_path`` into ``output_path``.
+
+    Formats come from the extensions (``.jsonl``, ``.csv``, ``.parquet``; ``"-"`` is
+    JSONL on stdin or stdout). Each output row holds the row's id (its 0-based number in
+    ``id``, or its ``id_field``) and the prediction (in ``prediction``, or the fields of a
+    dict). Rows that fail (unparsable, missing a field, an error of the model for that
+    item) go to the dead-letter file as JSONL, and the job goes on.
+
+    Args:
+        model: what :func:`asyncml.load` accepts (loaded here with ``executor``,
+            ``workers`` and ``batch_size``), or a running :class:`~asyncml.LoadedModel`.
+        field: give the model this field of each row instead of the whole row.
+        id_field: take each row's id from this field.
+        dead_letters: default ``OUTPUT.dead.jsonl``.
+        journal: default ``OUTPUT.journal.sqlite``.
+        use_journal: ``False`` writes the same output without a journal or fsync: the job
+            cannot resume (for measuring what the journal costs).
+        resume: continue the job the journal records.
+        force: discard any journal and start over.
+        max_failures: stop (raising :class:`TooManyFailures`) once more rows failed than
+            this many, or than this fraction of the rows done if below 1.
+        max_in_flight: items queued to the model at most, beyond the chunk being queued.
+        chunk_size: bytes (JSONL, CSV) or rows (Parquet) read at a time; 0: default.
+        commit_rows, commit_interval: commit at least every this many rows and seconds.
+        model_ref, code_hash: how the journal names the model (default: its module and
+            name, and a hash of its source file).
+        on_progress: called on the event loop after each chunk.
+
+    Raises:
+        InputError, OutputError: a path that cannot be read or written.
+        ResumeError: a journal without ``resume`` or ``force``, or of another job.
+        TooManyFailures: more failures than ``max_failures``; the work done is committed.
+        SetupError: the model could not start.
+    """
+    _check_max_failures(max_failures)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    paths = JobPaths.of(input_path, output_path, dead_letters=dead_letters, journal=journal)
+    _, output_format = await asyncio.to_thread(check_paths, paths)
+    if model_ref is None or code_hash is None:
+        named, hashed = await asyncio.to_thread(describe_model, model)
+        model_ref, code_hash = model_ref or named, hashed if code_hash is None else code_hash
+    id_name = id_field or DEFAULT_ID
+    started = await asyncio.to_thread(
+        start,
+        paths,
+        output_format=output_format,
+        id_name=id_name,
+        model_ref=model_ref,
+        code_hash=code_hash,
+        field=field,
+        id_field=id_field,
+        resume=resume,
+        force=force,
+        use_journal=use_journal,
+        crash=CrashPoints(os.environ),
+    )
+    output = started.output
+    finished = False
+    try:
+        if started.done:
+            await asyncio.to_thread(output.close, remove=True)
+        else:
+            run = _Run(started, paths, field, id_field, max_failures, on_progress)
+            if isinstance(model, LoadedModel):
+                await run.process(model, max_in_flight, chunk_size, commit_rows, commit_interval)
+            else:
+                loaded = load(
+                    model,
+                    executor=executor,
+                    workers=workers,
+                    max_batch_size=batch_size,
+                    max_queue=max_in_flight,
+                )
+                async with loaded:
+                    await run.process(
+                        loaded, max_in_flight, chunk_size, commit_rows, commit_interval
+                    )
+            await asyncio.to_thread(output.finish)
+        finished = True
+    finally:
+        if not finished:
+            await asyncio.shield(asyncio.to_thread(output.close))
+    tally = output.tally
+    wall = loop.time() - began
+    done_now = tally.rows - started.resumed_rows
+    return JobSummary(
+        output=paths.output,
+        dead_letters=str(paths.dead_letters) if tally.failed else None,
+        rows=tally.rows,
+        ok=tally.ok,
+        failed=tally.failed,
+        resumed=started.resumed_rows,
+        wall_s=wall,
+        rows_per_s=done_now / wall if wall > 0 else 0.0,
+    )
+
+
+def _check_max_failures(max_failures: int | float | None) -> None:
+    if max_failures is None:
+        return
+    if isinstance(max_failures, bool) or not isinstance(max_failures, int | float):
+        raise TypeError(f"max_failures must be a number or None, got {max_failures!r}")
+    if max_failures < 0 or (isinstance(max_failures, float) and max_failures >= 1):
+        raise ValueError(
+            f"max_failures must be a count >= 0 or a fraction below 1, got {max_failures!r}"
+        )
+
+
+class _Run:
+    """One run's loop: read chunks, run their items, add outcomes, commit now and then."""
+
+    def __init__(
+        self,
+        started: Started,
+        paths: JobPaths,
+        field: str | None,
+        id_field: str | None,
+        max_failures: int | float | None,
+        on_progress: Callable[[JobProgress], None] | None,
+    ):
+        self._output: CommittedOutput | StreamedOutput = started.output
+        self._resumed = started.resumed_rows
+        self._position = started.position
+        self._paths = paths
+        self._field = field
+        self._id_field = id_field
+        self._max_failures = max_failures
+        self._on_progress = on_progress
+
+    async def process(
+        self,
+        model: LoadedModel[Any, Any],
+        max_in_flight: int,
+        chunk_size: int,
+        commit_rows: int,
+        commit_interval: float,
+    ) -> None:
+        columns = [c for c in (self._field, self._id_field) if c] if self._field else None
+        try:
+            source = await asyncio.to_thread(
+                open_source,
+                self._paths.input,
+                position=self._position,
+                first_row=self._resumed,
+                columns=columns,
+                chunk_size=chunk_size,
+            )
+        except (OSError, ValueError) as error:
+            raise InputError(f"cannot read {self._paths.input!r}: {_reason(error)}") from None
+        loop = asyncio.get_running_loop()
+        output = self._output
+        committed_rows, committed_at = self._resumed, loop.time()
+        try:
+            self._report(output.tally, source)
+            async with (
+                contextlib.aclosing(self._chunks(source)) as chunks,
+                contextlib.aclosing(
+                    ordered_outcomes(model, chunks, max_in_flight=max_in_flight)
+                ) as outcomes,
+            ):
+                async for outcome in outcomes:
+                    tally = await asyncio.to_thread(output.add, outcome.tag, outcome)
+                    stop = self._too_many_failures(tally)
+                    due = tally.rows - committed_rows >= commit_rows
+                    if stop or due or loop.time() - committed_at >= commit_interval:
+                        await asyncio.to_thread(output.commit)
+                        committed_rows, committed_at = tally.rows, loop.time()
+                    self._report(tally, source)
+                    if stop is not None:
+                        raise TooManyFailures(stop)
+        finally:
+            await asyncio.shield(asyncio.to_thread(source.close))
+
+    async def _chunks(self, source: Source) -> AsyncGenerator[tuple[Items, list[Any]], None]:
+        while (items := await asyncio.to_thread(self._read, source)) is not None:
+            yield items, items.items
+
+    def _read(self, source: Source) -> Items | None:
+        chunk = source.read()
+        if chunk is None:
+            return None
+        self._position = chunk.position
+        return to_items(chunk, self._field, self._id_field)
+
+    def _too_many_failures(self, tally: Tally) -> str | None:
+        limit = self._max_failures
+        if limit is None:
+            return None
+        allowed = limit * tally.rows if isinstance(limit, float) else limit
+        if tally.failed <= allowed:
+            return None
+        what = f"{limit:.1%} of rows" if isinstance(limit, float) else f"{limit}"
+        return (
+            f"stopped: {tally.failed} of {tally.rows} rows failed, more than --max-failures "
+            f"allows ({what}); see {str(self._paths.dead_letters)!r}. The work done is "
+            "committed: to go on, run again with --resume and a higher --max-failures"
+        )
+
+    def _report(self, tally: Tally, source: Source) -> None:
+        if self._on_progress is not None:
+            progress = JobProgress(
+                tally.rows,
+                tally.ok,
+                tally.failed,
+                self._resumed,
+                self._position,
+                source.total,
+                source.unit,
+            )
+            self._on_progress(progress)
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
