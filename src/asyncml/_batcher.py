@@ -411,6 +411,7 @@ class Batcher:
             batches=self._batches,
             batch_sizes={size: n for size, n in enumerate(self._sizes) if n},
             latency=LatencySummary.of(self._latencies),
+            worker_restarts=getattr(self._executor, "restarts", 0),
         )
 
 

@@ -54,6 +54,8 @@ class ModelStatistics:
     batch_sizes: Mapping[int, int]
     #: submission to outcome, over the most recent items
     latency: LatencySummary
+    #: dead worker processes replaced so far (executors that restart workers; else 0)
+    worker_restarts: int = 0
 
     @property
     def mean_batch_size(self) -> float:

@@ -1,0 +1,161 @@
+"""The ASGI app: models, routes and the lifespan that loads and closes the models."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from .._loaded import LoadedModel
+from .._looplag import LoopLagMonitor
+from . import _health, _v1, _v2
+from ._endpoint import Endpoint, Handler
+from ._metrics import RequestMetrics, ServerCollector, new_registry
+from ._models import Models
+from ._openapi import OpenAPI
+from ._options import DEFAULT_MAX_BODY_SIZE, ServingOptions
+from ._problems import Problem
+
+
+class ServingApp(Starlette):
+    """A Starlette app serving asyncml models over HTTP; make one with :func:`create_app`.
+
+    Its lifespan loads the models (see :meth:`running`): run it with uvicorn (or
+    :func:`asyncml.server.serve`), or mount it in another app and enter :meth:`running` in
+    that app's lifespan.
+    """
+
+    def __init__(self, models: Models, options: ServingOptions):
+        self.models = models
+        self.options = options
+        self.request_metrics = RequestMetrics()
+        self._lag: LoopLagMonitor | None = None
+        self._running = False
+        self.metrics_registry = new_registry(
+            ServerCollector(self.request_metrics, models, lambda: self._lag)
+        )
+        super().__init__(
+            routes=self._routes(),
+            lifespan=_lifespan,
+            exception_handlers={HTTPException: _http_exception},
+        )
+
+    def _routes(self) -> list[BaseRoute]:
+        models, options = self.models, self.options
+
+        def route(path: str, name: str, handler: Handler, method: str = "GET") -> Route:
+            endpoint = Endpoint(name, handler, models, self.request_metrics)
+            return Route(path, endpoint, methods=[method], name=name)
+
+        infer = _v2.Infer(models, options)
+        metadata = _v2.ModelMetadata(models)
+        ready = _v2.ModelReady(models)
+        model = "/v2/models/{name}"
+        versioned = "/v2/models/{name}/versions/{version}"
+        names = [served.name for served in models]
+        # The hot paths first: Starlette tries routes in order.
+        return [
+            route("/v1/models/{name}/predict", "v1_predict", _v1.Predict(models, options), "POST"),
+            route(f"{model}/infer", "v2_infer", infer, "POST"),
+            route(f"{versioned}/infer", "v2_infer_version", infer, "POST"),
+            route(model, "v2_model_metadata", metadata),
+            route(versioned, "v2_model_version_metadata", metadata),
+            route(f"{model}/ready", "v2_model_ready", ready),
+            route(f"{versioned}/ready", "v2_model_version_ready", ready),
+            route("/v2/health/live", "v2_live", _v2.ServerLive()),
+            route("/v2/health/ready", "v2_ready", _v2.ServerReady(models)),
+            route("/v2", "v2_metadata", _v2.ServerMetadata()),
+            route("/v1/models", "v1_models", _health.ListModels(models)),
+            route("/healthz", "healthz", _health.Live()),
+            route("/readyz", "readyz", _health.Ready(models)),
+            route("/metrics", "metrics", _health.Metrics(self.metrics_registry)),
+            route("/openapi.json", "openapi", OpenAPI(names)),
+        ]
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[ServingApp]:
+        """Loads the models in the background and serves them while the block runs.
+
+        The block is entered at once; ``/readyz`` turns 200 once every model has loaded
+        (see :meth:`wait_ready`). Leaving the block normally lets queued and running items
+        finish, then closes the models; leaving it on an exception or a cancellation fails
+        queued items instead.
+
+        Raises:
+            RuntimeError: the app is already running.
+        """
+        if self._running:
+            raise RuntimeError("this app is already running")
+        self._running = True
+        stop = asyncio.Event()
+        try:
+            async with LoopLagMonitor(self.options.loop_lag_interval) as lag:
+                self._lag = lag
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self.models.run(stop))
+                    yield self
+                    stop.set()
+        finally:
+            self._lag = None
+
+    async def wait_ready(self) -> None:
+        """Returns once every model is ready to serve.
+
+        Raises:
+            SetupError: a model failed to start (its workers' ``setup()`` raised).
+            Closed: the app stopped before every model was ready.
+        """
+        await self.models.wait_ready()
+
+
+@asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    assert isinstance(app, ServingApp)
+    async with app.running():
+        yield
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 and 405, in the same JSON shape as every other error."""
+    assert isinstance(exc, HTTPException)
+    kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    problem = Problem(exc.status_code, kind, str(exc.detail))
+    return Response(problem.body(), exc.status_code, exc.headers, "application/json")
+
+
+def create_app(
+    models: Mapping[str, LoadedModel[Any, Any]] | Iterable[LoadedModel[Any, Any]],
+    *,
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+    max_items_per_request: int = 1024,
+    retry_after: float = 1.0,
+) -> ServingApp:
+    """An ASGI app serving ``models`` (from :func:`asyncml.load`, not yet entered).
+
+    The app's lifespan enters the models: don't enter them yourself. Their batching, queue
+    bound (``max_queue``: requests beyond it get 503 at once) and default ``timeout`` are
+    the ones given to :func:`asyncml.load`.
+
+    Args:
+        models: ``{name: model}``, or models served under their own ``name``.
+        max_body_size: bytes a request body may have; larger ones get 413.
+        max_items_per_request: items (or v2 rows) one request may carry; more get 422.
+        retry_after: seconds that 503 answers ask clients to wait (``Retry-After``).
+
+    Raises:
+        TypeError: a model is not a :class:`~asyncml.LoadedModel`.
+        ValueError: no models, two with one name, or an option out of range.
+    """
+    options = ServingOptions(
+        max_body_size=max_body_size,
+        max_items_per_request=max_items_per_request,
+        retry_after=retry_after,
+    )
+    return ServingApp(Models(models), options)

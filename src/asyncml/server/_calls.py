@@ -1,0 +1,106 @@
+"""Running a request's items through a model: bounded admission, deadlines, disconnects.
+
+Admission never waits: every item is queued with ``call_nowait``, and a full queue refuses
+the whole request at once (503), withdrawing the items it had already queued. While the
+items run, the client's connection is watched: if it goes away, the items are cancelled,
+and the batcher drops those not yet dispatched, so nobody computes an answer no one will
+read. Deadlines travel with the items: the batcher fails an item whose deadline passes
+before its batch is dispatched, without computing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from functools import partial
+from typing import Any
+
+from .._errors import AsyncmlError
+from .._loaded import LoadedModel
+from ._http import Receive
+from ._models import ServedModel
+from ._problems import ClientGone, from_error
+
+
+async def run_items(
+    served: ServedModel,
+    model: LoadedModel[Any, Any],
+    items: Sequence[Any],
+    *,
+    item_timeout: float | None,
+    receive: Receive,
+    retry_seconds: float,
+) -> list[Any]:
+    """The outputs of ``model`` (``served``'s running model) for ``items``, in order.
+
+    Raises:
+        Problem: the first failed item's error as a response (503 overloaded, 504 deadline,
+            500 model error, ...); the other items are withdrawn.
+        ClientGone: the client disconnected; its items were withdrawn.
+    """
+    futures: list[asyncio.Future[Any]] = []
+    try:
+        for item in items:
+            futures.append(model.call_nowait(item, timeout=item_timeout))
+        return await _outcomes(futures, receive)
+    except AsyncmlError as error:
+        if len(items) > 1 and error.index is None:
+            error.index = len(futures)
+        served.note_error(error)
+        raise from_error(error, retry_seconds=retry_seconds) from None
+    finally:
+        _withdraw(futures)
+
+
+async def _outcomes(futures: list[asyncio.Future[Any]], receive: Receive) -> list[Any]:
+    if all(future.done() for future in futures):
+        return [future.result() for future in futures]
+    watcher = asyncio.get_running_loop().create_task(_disconnected(receive))
+    # Runs the moment the client leaves: cancelling a queued item removes it from the queue.
+    watcher.add_done_callback(partial(_on_watcher_done, futures))
+    try:
+        results = []
+        for index, future in enumerate(futures):
+            try:
+                results.append(await future)
+            except AsyncmlError as error:
+                if len(futures) > 1:
+                    error.index = index
+                raise
+        return results
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if _client_left(watcher) and task is not None and not task.cancelling():
+            raise ClientGone from None  # the future was cancelled by the watcher, not us
+        raise
+    finally:
+        watcher.cancel()
+
+
+async def _disconnected(receive: Receive) -> bool:
+    """Returns True when the client disconnects (the request body has been read already);
+    False if the server cannot tell (its ``receive`` failed), so the items run on."""
+    try:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+    except Exception:
+        return False
+    return True
+
+
+def _on_watcher_done(futures: list[asyncio.Future[Any]], watcher: asyncio.Task[bool]) -> None:
+    if _client_left(watcher):
+        _withdraw(futures)
+
+
+def _client_left(watcher: asyncio.Task[bool]) -> bool:
+    return watcher.done() and not watcher.cancelled() and watcher.result()
+
+
+def _withdraw(futures: Iterable[asyncio.Future[Any]]) -> None:
+    """Cancels unfinished items and marks failed ones as seen (no 'never retrieved')."""
+    for future in futures:
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()

@@ -1,0 +1,47 @@
+"""A request's deadline: the ``X-Request-Timeout`` header or a field in the body."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ._http import Scope, header
+from ._problems import invalid
+
+#: The request header that carries a timeout, in seconds.
+TIMEOUT_HEADER = b"x-request-timeout"
+
+
+def seconds(value: Any, field: str) -> float | None:
+    """``value`` as a timeout in seconds (``None`` stays ``None``).
+
+    Raises:
+        Problem: 422 unless it is a finite number > 0.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise invalid(field, f"must be a number of seconds, not {value!r}")
+    if not 0 < value < math.inf:
+        raise invalid(field, f"must be a finite number of seconds > 0, not {value!r}")
+    return float(value)
+
+
+def request_timeout(scope: Scope, body_timeout: float | None) -> float | None:
+    """The tighter of the header's timeout and the body's; ``None`` if neither is given.
+
+    Raises:
+        Problem: 422 for a header that is not a positive finite number.
+    """
+    raw = header(scope, TIMEOUT_HEADER)
+    if raw is None:
+        return body_timeout
+    try:
+        parsed = float(raw)
+    except ValueError:
+        raise invalid(
+            "X-Request-Timeout", f"must be a number of seconds, not {raw.decode('latin-1')!r}"
+        ) from None
+    from_header = seconds(parsed, "X-Request-Timeout")
+    assert from_header is not None
+    return from_header if body_timeout is None else min(from_header, body_timeout)

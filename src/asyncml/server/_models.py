@@ -1,0 +1,152 @@
+"""The served models: each one's lifecycle from loading to stopped, and readiness.
+
+The app starts loading its models when its lifespan starts and serves at once: ``/healthz``
+answers while weights load, ``/readyz`` and every model endpoint answer 503 until the
+model's workers have all run ``setup()``. Models load concurrently; one that fails to start
+stays failed (503, with its error) without taking the others down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from .._errors import AsyncmlError, Closed, SetupError
+from .._loaded import LoadedModel
+from ._problems import Problem, retry_after
+
+
+class State(enum.Enum):
+    """Where a served model is in its life."""
+
+    LOADING = "loading"
+    READY = "ready"
+    #: it could not start, or every worker died and none could be restarted
+    FAILED = "failed"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class ServedModel:
+    """One model of the app, under the name it is served as."""
+
+    def __init__(self, name: str, model: LoadedModel[Any, Any]):
+        self.name = name
+        self.model = model
+        self.state = State.LOADING
+        self.error: AsyncmlError | None = None
+        self._settled = asyncio.Event()  # set once it is ready, failed or stopped
+
+    def require_ready(self, retry_seconds: float) -> LoadedModel[Any, Any]:
+        """The running model.
+
+        Raises:
+            Problem: 503 (with ``Retry-After``) unless the model is ready.
+        """
+        if self.state is State.READY:
+            return self.model
+        reason = {
+            State.LOADING: "is loading",
+            State.FAILED: f"failed: {self.error}",
+            State.STOPPING: "is shutting down",
+            State.STOPPED: "is stopped",
+        }[self.state]
+        raise Problem(
+            503, "unavailable", f"model {self.name!r} {reason}", headers=retry_after(retry_seconds)
+        )
+
+    def note_error(self, error: AsyncmlError) -> None:
+        """Marks the model failed when an item's error says no worker can run it any more."""
+        if isinstance(error, SetupError) and self.state is State.READY:
+            self.state = State.FAILED
+            self.error = error
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Loads the model, serves it until ``stop`` is set, then drains and closes it."""
+        try:
+            async with self.model:
+                self.state = State.READY
+                self._settled.set()
+                await stop.wait()
+                if self.state is State.READY:
+                    self.state = State.STOPPING
+        except AsyncmlError as error:  # setup() failed, or so did close()
+            if self.state is State.LOADING:
+                self.state, self.error = State.FAILED, error
+                return
+            raise
+        finally:
+            self._settled.set()
+            if self.state is not State.FAILED:
+                self.state = State.STOPPED
+
+    async def wait_ready(self) -> None:
+        """Returns once the model is ready.
+
+        Raises:
+            SetupError: it failed to start (or its workers all died).
+            Closed: it stopped before it was ready.
+        """
+        await self._settled.wait()
+        if self.state is State.FAILED:
+            assert self.error is not None
+            raise self.error
+        if self.state is not State.READY:
+            raise Closed(f"model {self.name!r} stopped before it was ready", model=self.name)
+
+
+class Models:
+    """The app's models by name."""
+
+    def __init__(
+        self, models: Mapping[str, LoadedModel[Any, Any]] | Iterable[LoadedModel[Any, Any]]
+    ):
+        pairs = models.items() if isinstance(models, Mapping) else ((m.name, m) for m in models)
+        self._by_name: dict[str, ServedModel] = {}
+        for name, model in pairs:
+            if not isinstance(model, LoadedModel):
+                raise TypeError(
+                    f"expected models made by asyncml.load(), got {model!r} for {name!r}"
+                )
+            if not name or "/" in name:
+                raise ValueError(f"a model's name must be non-empty and free of '/', not {name!r}")
+            if name in self._by_name:
+                raise ValueError(f"two models are named {name!r}: give them distinct names")
+            self._by_name[name] = ServedModel(name, model)
+        if not self._by_name:
+            raise ValueError("no models to serve")
+
+    def __iter__(self) -> Iterator[ServedModel]:
+        return iter(self._by_name.values())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def get(self, name: str) -> ServedModel:
+        """The model served as ``name``.
+
+        Raises:
+            Problem: 404 if there is none.
+        """
+        served = self._by_name.get(name)
+        if served is None:
+            raise Problem(404, "model_not_found", f"no model named {name!r}")
+        return served
+
+    @property
+    def ready(self) -> bool:
+        """Every model is ready."""
+        return all(served.state is State.READY for served in self)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Loads every model concurrently and serves them until ``stop`` is set."""
+        async with asyncio.TaskGroup() as group:
+            for served in self:
+                group.create_task(served.run(stop))
+
+    async def wait_ready(self) -> None:
+        """Returns once every model is ready (see :meth:`ServedModel.wait_ready`)."""
+        for served in self:
+            await served.wait_ready()
