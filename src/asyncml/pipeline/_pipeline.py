@@ -176,8 +176,6 @@ class PipelineRun:
         if self._entered:
             raise RuntimeError("a pipeline run can be entered once; call stream() again")
         self._entered = True
-        loop = asyncio.get_running_loop()
-        self._started_at = loop.time()
         self._letters_waiting = asyncio.Event()
         await self._stack.__aenter__()
         try:
@@ -188,6 +186,8 @@ class PipelineRun:
                 elif hasattr(run.stage.fn, "__aenter__"):
                     await self._stack.enter_async_context(run.stage.fn)
                 self._stack.callback(run.cancel_retries)
+            # The clock starts once the models are loaded: setup is not throughput.
+            self._started_at = asyncio.get_running_loop().time()
             group = await self._stack.enter_async_context(asyncio.TaskGroup())
             self._stack.push_async_callback(self._stop_tasks)
             self._start(group)
