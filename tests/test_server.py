@@ -396,7 +396,7 @@ def test_create_app_refuses_what_it_cannot_serve() -> None:
     with pytest.raises(ValueError, match="two models are named 'double'"):
         asyncml.server.create_app([asyncml.load(double), asyncml.load(double)])
     with pytest.raises(TypeError, match=r"asyncml\.load"):
-        asyncml.server.create_app({"f": double})  # type: ignore[dict-item]
+        asyncml.server.create_app({"f": double})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_body_size"):
         asyncml.server.create_app([asyncml.load(double)], max_body_size=0)
 

@@ -21,3 +21,4 @@ def main() -> None:
 
 
 from . import run  # noqa: E402, F401 - registers "asyncml run"
+from . import serve as serve  # noqa: E402 - registers "asyncml serve"

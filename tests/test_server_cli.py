@@ -1,0 +1,102 @@
+"""``asyncml serve``: one-line usage errors, and a graceful stop on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import asyncml
+from asyncml.cli import main
+
+SCRIPTS = Path(__file__).parent / "scripts"
+HELD = f"{SCRIPTS / 'serve_held.py'}:held"
+
+
+class BrokenSetup(asyncml.Model[Any, Any]):
+    def setup(self) -> None:
+        raise OSError("weights not found")
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        return batch
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing.py:model"], "no such file 'missing.py'"),
+        (["no_such_module_xyz:model"], "no module named 'no_such_module_xyz'"),
+        ([f"{SCRIPTS / 'serve_held.py'}:nothing"], "has no attribute 'nothing'"),
+        ([f"{SCRIPTS / 'serve_held.py'}:NOT_A_MODEL"], "expected a Model subclass"),
+        ([HELD, "--workers", "0"], "Invalid value for '--workers'"),
+        ([HELD, "--port", "http"], "Invalid value for '--port'"),
+        ([HELD, "--bogus"], "No such option '--bogus'"),
+        ([], "Missing argument"),
+        ([HELD, HELD], "two models are named 'held'"),
+    ],
+)
+def test_bad_refs_and_options_give_one_line_and_exit_2(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, ["serve", *args])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("asyncml serve: error: ")
+    assert message in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_a_model_that_fails_to_start_stops_the_server_with_exit_1() -> None:
+    ref = f"{Path(__file__)}:BrokenSetup"
+    result = CliRunner().invoke(main, ["serve", ref, "--port", "0"])
+    assert result.exit_code == 1, result.output
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("asyncml serve: error: model 'BrokenSetup' failed to start")
+    assert "weights not found" in last
+
+
+def _post(url: str, payload: Any) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        url, json.dumps(payload).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.status, json.loads(response.read())
+
+
+def test_sigterm_finishes_the_requests_in_flight_and_exits_0() -> None:
+    command = [sys.executable, "-c", "from asyncml.cli import main; main()", "serve", HELD]
+    server = subprocess.Popen(
+        [*command, "--port", "0"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdin is not None
+    assert server.stdout is not None
+    assert server.stderr is not None
+    try:
+        first = server.stderr.readline()
+        assert first.startswith("asyncml serve: held at http://127.0.0.1:"), first
+        url = first.split(" at ")[1].split(": loading")[0]
+        assert server.stderr.readline().startswith("asyncml serve: ready")
+        with ThreadPoolExecutor(1) as client:
+            answer = client.submit(_post, f"{url}/v1/models/held/predict", {"input": 7})
+            assert server.stdout.readline() == "computing\n"  # the request is in flight
+            server.send_signal(signal.SIGTERM)
+            server.stdin.write("go\n")  # lets the batch finish after the signal
+            server.stdin.flush()
+            assert answer.result(timeout=30) == (200, {"output": "done 7"})
+        assert server.wait(timeout=30) == 0
+    finally:
+        server.kill()
+        server.wait()
+        for stream in (server.stdin, server.stdout, server.stderr):
+            stream.close()
