@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import socket
 import time
 from typing import Any
 
@@ -77,3 +78,38 @@ def square_unless_13(x: int) -> int:
 def doubled_rows(batch: list[Any]) -> list[Any]:
     """Arrays in, arrays out: each row doubled."""
     return [row * 2 for row in batch]
+
+
+def identity(batch: list[Any]) -> list[Any]:
+    """Returns the very arrays it was given."""
+    return batch
+
+
+class KeepsInputs(asyncml.Model[Any, bool]):
+    """Keeps every input array it is given; each output says whether all of them still hold
+    the values they arrived with."""
+
+    def __init__(self) -> None:
+        self.kept: list[Any] = []
+        self.sums: list[float] = []
+
+    def predict(self, batch: list[Any]) -> list[bool]:
+        self.kept.extend(batch)
+        self.sums.extend(float(x.sum()) for x in batch)
+        intact = all(float(x.sum()) == s for x, s in zip(self.kept, self.sums, strict=True))
+        return [intact for _ in batch]
+
+
+class HoldsBatches(asyncml.Model[Any, Any]):
+    """Identity, but each batch first sends the worker's pid to a TCP server on 127.0.0.1
+    and waits until the server closes the connection: the test decides when batches end."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        with socket.create_connection(("127.0.0.1", self.port)) as conn:
+            conn.sendall(f"{os.getpid()}\n".encode())
+            while conn.recv(1):
+                pass
+        return batch

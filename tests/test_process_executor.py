@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from numpy.testing import assert_array_equal  # imported lazily, it would block the loop
 
 import asyncml
 from asyncml.executors import ProcessExecutor
@@ -54,7 +55,7 @@ async def test_arrays_cross_to_workers_and_back() -> None:
     async with asyncml.load(models.doubled_rows, executor="process", workers=2) as m:
         results = await m.map(rows)
     for row, result in zip(rows, results, strict=True):
-        np.testing.assert_array_equal(result, row * 2)
+        assert_array_equal(result, row * 2)
         assert result.dtype == np.float32
 
 

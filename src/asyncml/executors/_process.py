@@ -21,7 +21,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -39,8 +38,8 @@ from ._base import (
     require_sync,
     settle,
 )
+from ._channel import ParentChannel
 from ._process_child import serve
-from ._wire import pack, unpack_outcome
 
 #: A replacement worker whose setup() fails this many times in a row is given up.
 _MAX_FAILED_RESTARTS = 5
@@ -267,18 +266,18 @@ class ProcessExecutor(Executor):
         assert spec is not None
         close_error: BaseException | None = None
         try:
-            conn = self._spawn(index, spec, self._started[index], loop)
-            while conn is not None and (part := self._parts.get()) is not None:
+            channel = self._spawn(index, spec, self._started[index], loop)
+            while channel is not None and (part := self._parts.get()) is not None:
                 try:
-                    outcome = self._run(index, conn, part.items)
+                    outcome = self._run(index, channel, part.items)
                 except _Crash as crash:
-                    conn.close()
+                    channel.close()
                     loop.call_soon_threadsafe(self._crashed, part, crash.reason)
-                    conn = self._respawn(index, spec, loop)  # at once, not when work comes
+                    channel = self._respawn(index, spec, loop)  # at once, not when work comes
                 else:
                     loop.call_soon_threadsafe(self._finished, part, outcome)
-            if conn is not None:
-                close_error = self._stop(index, conn)
+            if channel is not None:
+                close_error = self._stop(index, channel)
         finally:
             loop.call_soon_threadsafe(settle, self._stopped[index], close_error)
 
@@ -288,8 +287,8 @@ class ProcessExecutor(Executor):
         spec: ModelSpec,
         started: asyncio.Future[None] | None,
         loop: asyncio.AbstractEventLoop,
-    ) -> Connection | None:
-        """Starts worker ``index``; returns its pipe once it is ready, or None if it failed."""
+    ) -> ParentChannel | None:
+        """Starts worker ``index``; returns its channel once it is ready, or None if it failed."""
         ours, theirs = self._context.Pipe()
         process = self._context.Process(
             target=serve,
@@ -322,7 +321,7 @@ class ProcessExecutor(Executor):
         if status == "ready":
             if started is not None:
                 loop.call_soon_threadsafe(settle, started, None)
-            return ours
+            return ParentChannel(ours)
         ours.close()
         process.join()
         self._processes[index] = None
@@ -332,17 +331,17 @@ class ProcessExecutor(Executor):
 
     def _respawn(
         self, index: int, spec: ModelSpec, loop: asyncio.AbstractEventLoop
-    ) -> Connection | None:
+    ) -> ParentChannel | None:
         """Replaces a dead worker, backing off while its setup() keeps failing."""
         for attempt in range(_MAX_FAILED_RESTARTS):
             if self._closing:
                 return None
             if attempt:
                 time.sleep(min(5.0, 0.1 * 2**attempt))  # a driver thread: the loop runs on
-            conn = self._spawn(index, spec, None, loop)
-            if conn is not None:
+            channel = self._spawn(index, spec, None, loop)
+            if channel is not None:
                 self.restarts += 1
-                return conn
+                return channel
         error = SetupError(
             f"model {spec.name!r}: worker process {index} died and could not be restarted "
             f"({_MAX_FAILED_RESTARTS} failed setups in a row)",
@@ -352,25 +351,24 @@ class ProcessExecutor(Executor):
         loop.call_soon_threadsafe(self._lost_worker, error)
         return None
 
-    def _run(self, index: int, conn: Connection, items: Sequence[Any]) -> BatchOutcome:
+    def _run(self, index: int, channel: ParentChannel, items: Sequence[Any]) -> BatchOutcome:
         process = self._processes[index]
         assert process is not None
         try:
-            conn.send(pack(items))
-            if not conn.poll(self._execution_timeout):
-                process.kill()
-                process.join()
-                raise _Crash(f"ran over the {self._execution_timeout} s execution timeout")
-            outcome: BatchOutcome = unpack_outcome(conn.recv())
+            return channel.exchange(items, self._execution_timeout)
+        except TimeoutError:
+            process.kill()
+            process.join()
+            raise _Crash(f"ran over the {self._execution_timeout} s execution timeout") from None
         except (EOFError, OSError):
             process.join()
             raise _Crash(_death(process)) from None
-        return outcome
 
-    def _stop(self, index: int, conn: Connection) -> BaseException | None:
+    def _stop(self, index: int, channel: ParentChannel) -> BaseException | None:
         """Asks worker ``index`` to close() and exit; returns what its close() raised."""
         process = self._processes[index]
         assert process is not None
+        conn = channel.conn
         error: BaseException | None = None
         try:
             conn.send(None)
@@ -378,7 +376,7 @@ class ProcessExecutor(Executor):
                 _, error = conn.recv()
         except (EOFError, OSError):
             pass  # it died on its way out: nothing left to close
-        conn.close()
+        channel.close()
         process.join(_EXIT_GRACE)
         if process.is_alive():
             process.kill()

@@ -1,28 +1,34 @@
 """The program a worker process runs: build the model, then answer one batch per message.
 
-Messages from the parent: a sequence of items (run it), or ``None`` (close and exit).
+Messages from the parent: a batch (see ``_channel``), or ``None`` (close and exit).
 Messages to the parent: ``("ready", None)`` or ``("failed", error)`` after start-up, one
-:class:`BatchOutcome` per batch, and ``("closed", error_or_none)`` before a clean exit.
+outcome per batch, and ``("closed", error_or_none)`` before a clean exit.
 A parent that dies closes the pipe: the worker sees end-of-file and exits, so no worker
 outlives its parent.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+from collections.abc import Sequence
+from functools import partial
 from multiprocessing.connection import Connection
+from typing import Any
 
 from .._batch import BatchOutcome, run_batch
 from .._errors import ModelError
-from .._model import ModelSpec
+from .._model import Model, ModelSpec
 from .._threads import IntraOpLimit
-from ._wire import pack_outcome, unpack
+from ._channel import ParentGone, WorkerChannel
+from ._shm import sweep
 
 
 def serve(conn: Connection, spec: ModelSpec, threads: int | None) -> None:
     """Runs in the worker process until told to stop or orphaned."""
     # Ctrl-C reaches the whole process group; the parent decides how its workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
     try:
         model = spec.create()
         model.setup()
@@ -32,24 +38,24 @@ def serve(conn: Connection, spec: ModelSpec, threads: int | None) -> None:
         conn.send(("failed", ModelError.from_exception(exc, model=spec.name)))
         return
     conn.send(("ready", None))
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            return  # the parent is gone
-        if message is None:
-            break
-        items = unpack(message)
-        try:
-            outcome = run_batch(model, spec, items)
-        except BaseException as exc:  # e.g. SystemExit raised by the model's code
-            outcome = BatchOutcome.failure(
-                len(items), ModelError.from_exception(exc, model=spec.name)
-            )
-        conn.send(pack_outcome(outcome))
+    channel = WorkerChannel(conn)
+    try:
+        while (frame := channel.receive()) is not None:
+            channel.answer(frame, partial(_run, model, spec))
+    except ParentGone:
+        if os.getppid() != parent:  # it was killed: remove names it had no time to pass on
+            sweep(parent)
+        return
     error = None
     try:
         model.close()
     except BaseException as exc:
         error = ModelError.from_exception(exc, model=spec.name)
     conn.send(("closed", error))
+
+
+def _run(model: Model[Any, Any], spec: ModelSpec, items: Sequence[Any]) -> BatchOutcome:
+    try:
+        return run_batch(model, spec, items)
+    except BaseException as exc:  # e.g. SystemExit raised by the model's code
+        return BatchOutcome.failure(len(items), ModelError.from_exception(exc, model=spec.name))

@@ -1,9 +1,10 @@
-"""How a batch travels between the parent and a worker process: one message each way.
+"""What a batch's items (or outputs) look like on their way to or from a worker process.
 
 Pickling costs per object: a batch of 256 small arrays pickled one by one costs far more than
-the arrays' bytes. Items (and outputs) that are plain arrays of one shape and dtype are
-therefore sent as one stacked array, a single buffer, and split back into rows (views, no
-copies) on arrival.
+the arrays' bytes. Small arrays of one shape and dtype are therefore sent as one stacked
+array, a single buffer, and split back into rows (views, no copies) on arrival. Large arrays
+travel as they are: each one's buffer crosses out of band (see ``_channel``), and stacking
+would only add a copy.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import numpy as np
 
 from .._batch import BatchOutcome, stack_uniform
 
+#: Arrays up to this many bytes are stacked: pickling each costs more than copying it.
+STACK_ROW_LIMIT = 16 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class _Rows:
@@ -26,7 +30,9 @@ class _Rows:
 
 def pack(items: Sequence[Any]) -> Any:
     """What to send for ``items``: one stacked array where they allow it."""
-    stacked = stack_uniform(items) if len(items) > 1 else None
+    if len(items) < 2 or _large_array(items[0]):
+        return items
+    stacked = stack_uniform(items)
     return items if stacked is None else _Rows(stacked)
 
 
@@ -41,3 +47,7 @@ def pack_outcome(outcome: BatchOutcome) -> BatchOutcome:
 
 def unpack_outcome(outcome: BatchOutcome) -> BatchOutcome:
     return BatchOutcome(unpack(outcome.values), outcome.errors)
+
+
+def _large_array(item: Any) -> bool:
+    return isinstance(item, np.ndarray) and item.nbytes > STACK_ROW_LIMIT
