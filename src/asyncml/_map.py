@@ -12,39 +12,15 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable
-from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar, overload
 
-from ._errors import AsyncmlError, ModelError
+from ._errors import AsyncmlError
 from ._loaded import DEFAULT_MAX_QUEUE, ExecutorName, abandon, load
+from ._per_item import PerItem, unwrap_failure
 from .executors import Executor
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-@dataclass(frozen=True, slots=True)
-class _Failed:
-    """``fn`` raised for this item; carried back as a value so its batch is not re-run."""
-
-    error: ModelError
-
-
-@dataclass(frozen=True, slots=True)
-class _PerItem:
-    """A batch function that applies ``fn`` to each item on its own (it pickles)."""
-
-    fn: Callable[[Any], Any]
-    name: str
-
-    def __call__(self, batch: list[Any]) -> list[Any]:
-        results: list[Any] = []
-        for item in batch:
-            try:
-                results.append(self.fn(item))
-            except Exception as exc:
-                results.append(_Failed(ModelError.from_exception(exc, model=self.name)))
-        return results
 
 
 class MapRun(Generic[R]):
@@ -63,7 +39,7 @@ class MapRun(Generic[R]):
         return_exceptions: bool,
     ):
         self._name = getattr(fn, "__name__", type(fn).__name__)
-        self._batch_fn = _PerItem(fn, self._name)
+        self._batch_fn = PerItem(fn, self._name)
         self._items = items
         self._executor = executor
         self._workers = workers
@@ -117,7 +93,7 @@ class MapRun(Generic[R]):
         return self._outcome(index, result)
 
     def _outcome(self, index: int, result: Any) -> Any:
-        error = result.error if isinstance(result, _Failed) else result
+        error = unwrap_failure(result)
         if isinstance(error, AsyncmlError):
             error.index = index
             if not self._return_exceptions:

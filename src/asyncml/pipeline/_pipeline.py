@@ -163,6 +163,8 @@ class PipelineRun:
         )
         self._sink: DeadLetterSink | None = self._file_sink or dead_letters  # type: ignore[assignment]
         self._letters_waiting: asyncio.Event | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
         self._kept: list[DeadLetter] = []
         self._failed = 0
         self._stages: list[StageRun] = []
@@ -278,8 +280,8 @@ class PipelineRun:
                         name=f"asyncml-pipeline-{run.stage.name}",
                     )
                 )
-        if self._sink is not None:
-            self._tasks.append(group.create_task(self._send_letters(), name="asyncml-letters"))
+        if self._file_sink is not None:
+            self._writer = group.create_task(self._write_letters(), name="asyncml-letters")
         if self._progress is not None:
             self._tasks.append(group.create_task(self._show_progress(), name="asyncml-progress"))
 
@@ -339,7 +341,7 @@ class PipelineRun:
             self._kept.append(letter)
         if self._sink is not None:
             self._sink(letter)
-            if self._letters_waiting is not None:
+            if self._file_sink is not None and self._letters_waiting is not None:
                 self._letters_waiting.set()
         self._outputs.drop(root)
         if self._failure_limit.exceeded(self._failed, self._outputs.delivered):
@@ -353,14 +355,15 @@ class PipelineRun:
                 )
             )
 
-    async def _send_letters(self) -> None:
+    async def _write_letters(self) -> None:
         sink, waiting = self._file_sink, self._letters_waiting
+        assert sink is not None
         assert waiting is not None
-        while True:
+        while not self._closing:
             await waiting.wait()
             waiting.clear()
-            if sink is not None:
-                await sink.flush()
+            await sink.flush()  # never cancelled: a cancelled write could lose its lines
+        await sink.flush()
 
     async def _show_progress(self) -> None:
         progress = self._progress
@@ -371,11 +374,14 @@ class PipelineRun:
             progress.update(self.statistics())
 
     async def _stop_tasks(self) -> None:
-        """Cancels what still runs: helpers always, workers when the run is left early."""
+        """Cancels what still runs (workers when the run is left early, the progress display
+        always), then lets the dead-letter writer write what is left and stop."""
         for task in self._tasks:
             task.cancel()
-        if self._file_sink is not None:
-            await self._file_sink.flush()
+        self._closing = True
+        if self._writer is not None and self._letters_waiting is not None:
+            self._letters_waiting.set()
+            await asyncio.shield(self._writer)
 
     def _finish_clock(self) -> None:
         if self._elapsed is None:

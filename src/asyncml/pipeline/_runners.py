@@ -16,9 +16,10 @@ from typing import Any
 
 from .._errors import AsyncmlError
 from .._loaded import LoadedModel
+from .._per_item import unwrap_failure
 from ._channel import Channel, Item
 from ._rate import TokenBucket
-from ._stage import Stage, unwrap_failure
+from ._stage import Stage
 from ._stats import StageStatistics
 
 Downstream = Callable[[list[Item]], Awaitable[None]]

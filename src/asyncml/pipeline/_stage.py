@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .._loaded import ExecutorName, LoadedModel, load
-from .._map import _Failed, _PerItem
 from .._model import Model
+from .._per_item import PerItem
 from ..executors import Executor
 from ._rate import RateLimit
 from ._retry import NO_RETRY, Retry
@@ -43,7 +43,7 @@ class Stage:
         """The batcher and workers of a ``"pool"`` stage, for one run."""
         model = self.fn
         if not self.batched:
-            model = _PerItem(_Listed(model) if self.flat else model, self.name)
+            model = PerItem(_Listed(model) if self.flat else model, self.name)
         return load(
             model,
             executor=self.executor,
@@ -64,11 +64,6 @@ class _Listed:
 
     def __call__(self, item: Any) -> list[Any]:
         return list(self.fn(item))
-
-
-def unwrap_failure(result: Any) -> Any:
-    """A per-item function's failure, carried back from a worker as a value, as its error."""
-    return result.error if isinstance(result, _Failed) else result
 
 
 def stage(
