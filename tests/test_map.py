@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 from collections.abc import Iterator
 
 import pytest
 
 import asyncml
+from asyncml.pipeline import LogProgress
 from tests import process_models as models
 
 
@@ -74,3 +76,12 @@ async def test_an_item_that_kills_its_worker_fails_with_worker_crashed() -> None
     assert [r for i, r in enumerate(results) if i not in (7, 13)] == [
         x * x for x in range(20) if x not in (7, 13)
     ]
+
+
+async def test_map_shows_progress_through_a_pluggable_display(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="asyncml.pipeline")
+    results = await asyncml.map(models.square, range(50), executor="thread", progress=LogProgress())
+    assert results == [x * x for x in range(50)]
+    assert caplog.messages[-1].startswith("stage square: 50/50 done")

@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Generator, Iterable
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator
 from typing import Any, Generic, Literal, TypeVar, overload
 
 from ._errors import AsyncmlError
 from ._loaded import DEFAULT_MAX_QUEUE, ExecutorName, abandon, load
 from ._per_item import PerItem, unwrap_failure
 from .executors import Executor
+from .pipeline._progress import Progress, length_of, progress_display
+from .pipeline._stats import PipelineStatistics, StageStatistics
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -37,6 +39,8 @@ class MapRun(Generic[R]):
         ordered: bool,
         max_in_flight: int | None,
         return_exceptions: bool,
+        progress: bool | Progress,
+        total: int | None,
     ):
         self._name = getattr(fn, "__name__", type(fn).__name__)
         self._batch_fn = PerItem(fn, self._name)
@@ -47,6 +51,34 @@ class MapRun(Generic[R]):
         self._ordered = ordered
         self._max_in_flight = max_in_flight
         self._return_exceptions = return_exceptions
+        self._progress = progress_display(progress)
+        self._total = total if total is not None else length_of(items)
+        self._read = self._done = self._failed = 0
+        self._started_at: float | None = None
+
+    def statistics(self) -> PipelineStatistics:
+        """Counters so far, shaped as a one-stage pipeline's (for progress displays)."""
+        started = self._started_at
+        elapsed = 0.0 if started is None else asyncio.get_running_loop().time() - started
+        stage = StageStatistics(
+            name=self._name,
+            received=self._read,
+            done=self._done,
+            emitted=self._done - self._failed,
+            in_flight=self._read - self._done,
+            queued=0,
+            retries=0,
+            failures=self._failed,
+        )
+        return PipelineStatistics(
+            stages=(stage,),
+            read=self._read,
+            finished=self._done,
+            outputs=self._done - self._failed,
+            failed=self._failed,
+            total=self._total,
+            elapsed=elapsed,
+        )
 
     def __await__(self) -> Generator[Any, None, list[R]]:
         return self._collect().__await__()
@@ -55,6 +87,36 @@ class MapRun(Generic[R]):
         return [result async for result in self]
 
     async def __aiter__(self) -> AsyncGenerator[R, None]:
+        progress = self._progress
+        if progress is None:
+            async with contextlib.aclosing(self._results()) as results:
+                async for result in results:
+                    yield result
+            return
+        self._started_at = asyncio.get_running_loop().time()
+        progress.open(self.statistics())
+        display = asyncio.create_task(self._show(progress), name="asyncml-map-progress")
+        try:
+            async with contextlib.aclosing(self._results()) as results:
+                async for result in results:
+                    yield result
+        finally:
+            display.cancel()  # owned here: cancelled and awaited before the run ends
+            with contextlib.suppress(asyncio.CancelledError):
+                await display
+            progress.close(self.statistics())
+
+    async def _show(self, progress: Progress) -> None:
+        while True:
+            await asyncio.sleep(progress.interval)
+            progress.update(self.statistics())
+
+    def _counted(self) -> Iterator[Any]:
+        for item in self._items:
+            self._read += 1
+            yield item
+
+    async def _results(self) -> AsyncGenerator[R, None]:
         window = self._max_in_flight or DEFAULT_MAX_QUEUE
         model = load(
             self._batch_fn,
@@ -64,9 +126,11 @@ class MapRun(Generic[R]):
             max_queue=window,
             name=self._name,
         )
+        if self._started_at is None:
+            self._started_at = asyncio.get_running_loop().time()
         async with model:
             if not self._ordered:
-                completed = model.as_completed(self._items, return_exceptions=True)
+                completed = model.as_completed(self._counted(), return_exceptions=True)
                 async with contextlib.aclosing(completed):
                     async for index, result in completed:
                         yield self._outcome(index, result)
@@ -75,7 +139,7 @@ class MapRun(Generic[R]):
             # ``window`` are ever in flight, and never more than the queue holds.
             pending: deque[tuple[int, asyncio.Future[Any]]] = deque()
             try:
-                for index, item in enumerate(self._items):
+                for index, item in enumerate(self._counted()):
                     if len(pending) >= window:
                         yield await self._next(pending)
                     pending.append((index, model.call_nowait(item)))
@@ -94,7 +158,9 @@ class MapRun(Generic[R]):
 
     def _outcome(self, index: int, result: Any) -> Any:
         error = unwrap_failure(result)
+        self._done += 1
         if isinstance(error, AsyncmlError):
+            self._failed += 1
             error.index = index
             if not self._return_exceptions:
                 raise error
@@ -114,6 +180,8 @@ def map(
     ordered: bool = ...,
     max_in_flight: int | None = ...,
     return_exceptions: Literal[False] = ...,
+    progress: bool | Progress = ...,
+    total: int | None = ...,
 ) -> MapRun[R]: ...
 
 
@@ -129,6 +197,8 @@ def map(
     ordered: bool = ...,
     max_in_flight: int | None = ...,
     return_exceptions: Literal[True],
+    progress: bool | Progress = ...,
+    total: int | None = ...,
 ) -> MapRun[R | AsyncmlError]: ...
 
 
@@ -143,6 +213,8 @@ def map(
     ordered: bool = True,
     max_in_flight: int | None = None,
     return_exceptions: bool = False,
+    progress: bool | Progress = False,
+    total: int | None = None,
 ) -> MapRun[R] | MapRun[R | AsyncmlError]:
     """Applies ``fn`` to every item concurrently on workers; await the list or stream it.
 
@@ -163,6 +235,9 @@ def map(
         ordered: results in input order (default) or as they complete.
         max_in_flight: items submitted but not yet yielded (default 1024).
         return_exceptions: yield each failed item's error in its place instead of raising.
+        progress: ``True`` for a live display (log lines without a terminal), or a
+            :class:`~asyncml.pipeline.Progress` of your own.
+        total: the number of items, for progress, when ``len(items)`` fails.
 
     Raises:
         ModelError: ``fn`` raised for an item (its ``index`` set); the rest are cancelled.
@@ -177,5 +252,7 @@ def map(
         ordered=ordered,
         max_in_flight=max_in_flight,
         return_exceptions=return_exceptions,
+        progress=progress,
+        total=total,
     )
     return run

@@ -19,7 +19,7 @@ from ._failures import (
     PipelineFailed,
 )
 from ._outputs import Outputs
-from ._progress import Progress, progress_display
+from ._progress import Progress, length_of, progress_display
 from ._runners import StageRun
 from ._stage import Stage, stage
 from ._stats import PipelineStatistics, PipelineSummary
@@ -100,7 +100,7 @@ class Pipeline:
             dead_letters=dead_letters,
             failure_limit=FailureLimit(max_failures),
             progress=progress_display(progress),
-            total=total if total is not None else _length(items),
+            total=total if total is not None else length_of(items),
         )
 
     async def run(
@@ -391,10 +391,3 @@ class PipelineRun:
         if self._elapsed is not None:
             return self._elapsed
         return asyncio.get_running_loop().time() - self._started_at
-
-
-def _length(items: object) -> int | None:
-    try:
-        return len(items)  # type: ignore[arg-type]
-    except TypeError:
-        return None

@@ -151,6 +151,14 @@ class LogProgress(Progress):
         self.update(stats)
 
 
+def length_of(items: object) -> int | None:
+    """How many items a source holds, if it can say without being consumed."""
+    try:
+        return len(items)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
 def progress_display(progress: bool | Progress | None) -> Progress | None:
     """The display ``progress=`` asks for: rich on a terminal, log lines elsewhere."""
     if isinstance(progress, Progress):
