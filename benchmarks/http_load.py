@@ -1,0 +1,150 @@
+"""The HTTP load generator: a separate process with an aiohttp client (on uvloop).
+
+::
+
+    python benchmarks/http_load.py URL WORKLOAD CACHE_DIR closed CONNECTIONS SECONDS
+    python benchmarks/http_load.py URL WORKLOAD CACHE_DIR poisson RATE SECONDS
+
+Prints one JSON object: requests answered, items/s, latency p50/p99 (ms), status counts
+and how many answers were wrong.
+
+- closed: CONNECTIONS callers each send a request, await its answer and send the next,
+  for SECONDS (after one warm-up request each).
+- poisson: requests arrive at exponential intervals (seed 0) at RATE per second for
+  SECONDS, whatever the server's pace; each latency runs from the request's scheduled
+  arrival, so time spent waiting for a free connection counts (no coordinated omission).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import orjson
+import uvloop
+from workloads import build_model, make_inputs, same_output
+
+#: Distinct request bodies cycled through (encoded before timing starts).
+DISTINCT_INPUTS = 2_000
+#: Connections available to open-loop arrivals: more than any queue a server keeps.
+POISSON_CONNECTIONS = 4_096
+#: Seconds a request may take before it counts as failed.
+REQUEST_TIMEOUT_S = 30.0
+
+
+class Load:
+    """Request bodies and the expected answers of one workload."""
+
+    def __init__(self, workload: str, cache: Path):
+        inputs = make_inputs(workload, DISTINCT_INPUTS, cache)
+        predict = build_model(workload, cache)
+        self.expected = [
+            y for i in range(0, len(inputs), 256) for y in predict(inputs[i : i + 256])
+        ]
+        self.bodies = [
+            orjson.dumps({"input": x}, option=orjson.OPT_SERIALIZE_NUMPY) for x in inputs
+        ]
+        self.latencies: list[float] = []
+        self.statuses: Counter[int] = Counter()
+        self.wrong = 0
+
+    async def send(self, http: aiohttp.ClientSession, url: str, index: int, since: float) -> None:
+        slot = index % len(self.bodies)
+        try:
+            async with http.post(url, data=self.bodies[slot], headers=_JSON) as response:
+                body = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError):
+            self.statuses[0] += 1
+            return
+        self.statuses[status] += 1
+        if status == 200:
+            self.latencies.append(time.perf_counter() - since)
+            if not same_output(np.asarray(orjson.loads(body)["output"]), self.expected[slot]):
+                self.wrong += 1
+
+
+_JSON = {"Content-Type": "application/json"}
+
+
+async def closed(load: Load, url: str, connections: int, seconds: float) -> float:
+    connector = aiohttp.TCPConnector(limit=connections, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+        async with asyncio.TaskGroup() as group:  # warm-up: one request per connection
+            for i in range(connections):
+                group.create_task(load.send(http, url, i, time.perf_counter()))
+        load.latencies.clear()
+        load.statuses.clear()
+        load.wrong = 0
+        start = time.perf_counter()
+        end = start + seconds
+
+        async def caller(first: int) -> None:
+            index = first
+            while (now := time.perf_counter()) < end:
+                await load.send(http, url, index, now)
+                index += connections
+
+        async with asyncio.TaskGroup() as group:
+            for first in range(connections):
+                group.create_task(caller(first))
+        return time.perf_counter() - start
+
+
+async def poisson(load: Load, url: str, rate: float, seconds: float) -> float:
+    connector = aiohttp.TCPConnector(limit=POISSON_CONNECTIONS)
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+    gaps = np.random.default_rng(0).exponential(1 / rate, size=int(rate * seconds) + 1)
+    arrivals = np.cumsum(gaps)
+    arrivals = arrivals[arrivals < seconds]
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+        async with asyncio.TaskGroup() as group:  # warm-up
+            for i in range(64):
+                group.create_task(load.send(http, url, i, time.perf_counter()))
+        load.latencies.clear()
+        load.statuses.clear()
+        load.wrong = 0
+        start = time.perf_counter()
+        async with asyncio.TaskGroup() as group:
+            for index, at in enumerate(arrivals.tolist()):
+                delay = start + at - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                group.create_task(load.send(http, url, index, start + at))
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    url, workload, cache, mode, level, seconds = sys.argv[1:7]
+    load = Load(workload, Path(cache))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        if mode == "closed":
+            elapsed = runner.run(closed(load, url, int(level), float(seconds)))
+        else:
+            elapsed = runner.run(poisson(load, url, float(level), float(seconds)))
+    answered = len(load.latencies)
+    p50 = p99 = None
+    if answered:
+        p50, p99 = (float(v) * 1e3 for v in np.percentile(load.latencies, [50, 99]))
+    result: dict[str, Any] = {
+        "answered": answered,
+        "elapsed_s": elapsed,
+        "items_per_s": answered / elapsed,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "statuses": {str(k): v for k, v in sorted(load.statuses.items())},
+        "wrong": load.wrong,
+    }
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

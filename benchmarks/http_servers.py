@@ -1,0 +1,116 @@
+"""The HTTP servers under test, one per system, each serving one workload's model.
+
+::
+
+    python benchmarks/http_servers.py SYSTEM WORKLOAD PORT CACHE_DIR
+
+Runs in the foreground until SIGTERM. Every system serves the same batch function (from
+``workloads.py``) with the same max batch size and batch wait, and answers a JSON body
+``{"input": item}`` with ``{"output": ...}`` on the path that ``ENDPOINTS`` gives:
+
+==============  ==========================================================================
+``asyncml``     ``asyncml.server.create_app`` on uvicorn (uvloop, httptools), ``POST
+                /v1/models/model/predict``
+``litserve``    a ``LitAPI`` with ``max_batch_size`` and ``batch_timeout``, one worker,
+                ``POST /predict``
+``ray-serve``   a deployment with ``@serve.batch`` (the model runs in the batch handler),
+                ``max_ongoing_requests=1024``, Ray started with ``num_cpus=2``, ``POST /``
+==============  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from workloads import build_model
+
+#: The path each system answers on, and the path that says it is ready.
+ENDPOINTS = {
+    "asyncml": ("/v1/models/model/predict", "/readyz"),
+    "litserve": ("/predict", "/health"),
+    "ray-serve": ("/", "/-/healthz"),
+}
+#: Batching settings shared by every system (asyncml's benchmark settings: one worker, a
+#: max batch of 256, no batch wait; W1 batches of 32).
+MAX_BATCH_SIZE = {"W1": 32, "W2": 256, "W3": 256}
+BATCH_WAIT_S = 0.0
+
+
+def one_blas_thread() -> None:
+    """Peers get one BLAS/OpenMP thread, as in the in-process benchmarks (asyncml sets its
+    own per-worker limit); two threads on two shared cores only oversubscribe them."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
+def run_asyncml(workload: str, port: int, cache: Path) -> None:
+    import uvloop
+
+    import asyncml
+    import asyncml.server
+
+    predict = build_model(workload, cache)
+    model = asyncml.load(predict, max_batch_size=MAX_BATCH_SIZE[workload], name="model")
+    app = asyncml.server.create_app([model])
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(asyncml.server.serve(app, port=port, shutdown_timeout=5))
+
+
+def run_litserve(workload: str, port: int, cache: Path) -> None:
+    import litserve as ls
+    from http_litserve import WorkloadAPI
+
+    api = WorkloadAPI(
+        workload, cache, max_batch_size=MAX_BATCH_SIZE[workload], batch_timeout=BATCH_WAIT_S
+    )
+    server = ls.LitServer(api, accelerator="cpu", workers_per_device=1)
+    server.run(port=port, generate_client_file=False, log_level="warning")
+
+
+def run_ray_serve(workload: str, port: int, cache: Path) -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    from ray import serve
+    from starlette.requests import Request
+
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    ray.init(num_cpus=2, _temp_dir=temp, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+
+    @serve.deployment(max_ongoing_requests=1024)
+    class Model:
+        def __init__(self) -> None:
+            one_blas_thread()
+            self.model = build_model(workload, cache)
+
+        @serve.batch(max_batch_size=MAX_BATCH_SIZE[workload], batch_wait_timeout_s=BATCH_WAIT_S)
+        async def handle(self, items: list[Any]) -> list[Any]:
+            outputs = self.model(items)
+            return [o.tolist() if hasattr(o, "tolist") else o for o in outputs]
+
+        async def __call__(self, request: Request) -> dict[str, Any]:
+            body = await request.json()
+            return {"output": await self.handle(body["input"])}
+
+    serve.run(Model.bind(), route_prefix="/")  # type: ignore[attr-defined]
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    stopped.wait()
+    serve.shutdown()  # type: ignore[no-untyped-call]
+    ray.shutdown()
+
+
+SERVERS = {"asyncml": run_asyncml, "litserve": run_litserve, "ray-serve": run_ray_serve}
+
+
+if __name__ == "__main__":
+    system, workload, port, cache = sys.argv[1:5]
+    SERVERS[system](workload, int(port), Path(cache))
