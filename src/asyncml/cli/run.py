@@ -122,6 +122,12 @@ def _max_failures(_ctx: click.Context, _param: click.Parameter, value: str | Non
     metavar="N",
     help="Commit at least every N rows (and every 10 seconds).",
 )
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Bytes (JSONL, CSV) or rows (Parquet) read at a time (default 1 MiB, 8192 rows).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar (none without a terminal).")
 def run(
     ref: str,
@@ -138,6 +144,7 @@ def run(
     max_failures: int | float | None,
     journal: str | None,
     commit_every: int,
+    chunk_size: int | None,
     no_progress: bool,
 ) -> None:
     """Run the model REF over every row of --input into --output.
@@ -192,6 +199,7 @@ def run(
                 workers=workers,
                 batch_size=batch_size,
                 commit_rows=commit_every,
+                chunk_size=chunk_size or 0,
                 model_ref=ref,
                 code_hash=model.code_hash(),
             )
@@ -204,8 +212,6 @@ def run(
         _fail(str(error), EXIT_FAILURES)
     except JobError as error:
         _fail(str(error), EXIT_USAGE)
-    except (TypeError, ValueError) as error:  # the REF names no model, or a bad option
-        _fail(f"{ref!r}: {error}", EXIT_USAGE)
     except AsyncmlError as error:
         _fail(str(error), EXIT_FAILURES)
     _print_summary(console, summary)

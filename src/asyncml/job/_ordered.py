@@ -74,19 +74,20 @@ async def ordered_outcomes(
                         break
                     except Overloaded:
                         if len(pending) > 1:  # finishing the oldest batch makes room
-                            oldest_tag, oldest = pending.popleft()
-                            in_flight -= len(oldest)
-                            yield await _settle(oldest_tag, oldest)
+                            outcomes = await _settle(*pending[0])
+                            in_flight -= len(pending.popleft()[1])
+                            yield outcomes
                         else:  # this batch alone fills the model's queue
                             await _first_done(futures)
             in_flight += len(futures)
             while in_flight > max_in_flight and len(pending) > 1:
-                oldest_tag, oldest = pending.popleft()
-                in_flight -= len(oldest)
-                yield await _settle(oldest_tag, oldest)
+                outcomes = await _settle(*pending[0])
+                in_flight -= len(pending.popleft()[1])
+                yield outcomes
         while pending:
-            oldest_tag, oldest = pending.popleft()
-            yield await _settle(oldest_tag, oldest)
+            outcomes = await _settle(*pending[0])
+            pending.popleft()  # only once settled, so that closing meanwhile cancels it too
+            yield outcomes
     finally:
         left = [future for _, futures in pending for future in futures]
         abandon(left)

@@ -1,0 +1,316 @@
+"""``asyncml run`` in-process: formats, ids and fields, dead letters, failure limits, the
+errors that exit 2, and the journal's refusals. Crash tests are in test_job_crash.py."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner, Result
+
+from asyncml.cli import main
+
+DOUBLE = """
+calls = []
+
+def double(batch):
+    calls.extend(batch)
+    return [2 * v for v in batch]
+
+def by_row(batch):
+    calls.extend(row["v"] for row in batch)
+    out = []
+    for row in batch:
+        if row["v"] == 13:
+            raise ValueError("unlucky 13")
+        out.append({"twice": 2 * row["v"], "label": f"n{row['v']}"})
+    return out
+"""
+
+
+def model_ref(tmp_path: Path, name: str = "double", source: str = DOUBLE) -> str:
+    """A REF to a fresh model file (a new module name each time: REFs import by name)."""
+    path = tmp_path / f"job_model_{uuid.uuid4().hex[:10]}.py"
+    path.write_text(source)
+    return f"{path}:{name}"
+
+
+def calls_of(ref: str) -> list[Any]:
+    import sys
+
+    module = Path(ref.rpartition(":")[0]).stem
+    calls: list[Any] = sys.modules[module].calls
+    return calls
+
+
+def committed_rows(journal: Path) -> int:
+    with contextlib.closing(sqlite3.connect(journal)) as db:
+        rows: int = db.execute("SELECT max(next_row) FROM commits").fetchone()[0]
+    return rows
+
+
+def invoke(*args: str | Path, input: bytes | None = None) -> Result:
+    return CliRunner().invoke(main, ["run", *map(str, args)], input=input)
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    table = pa.Table.from_pylist(rows)
+    if path.suffix == ".jsonl":
+        path.write_bytes(b"".join(orjson.dumps(row) + b"\n" for row in rows))
+    elif path.suffix == ".csv":
+        pacsv.write_csv(table, path)
+    else:
+        pq.write_table(table, path, row_group_size=7)
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    if path.suffix == ".jsonl":
+        return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    if path.suffix == ".csv":
+        rows: list[dict[str, Any]] = pacsv.read_csv(path).to_pylist()
+        return rows
+    parquet_rows: list[dict[str, Any]] = pq.read_table(path).to_pylist()
+    return parquet_rows
+
+
+ROWS = [{"v": i, "name": f"n{i}"} for i in range(25)]
+
+
+@pytest.mark.parametrize("source", ["jsonl", "csv", "parquet"])
+@pytest.mark.parametrize("target", ["jsonl", "csv", "parquet"])
+def test_every_format_round_trips(tmp_path: Path, source: str, target: str) -> None:
+    given, output = tmp_path / f"in.{source}", tmp_path / f"out.{target}"
+    write_rows(given, ROWS)
+    result = invoke(
+        model_ref(tmp_path), "-i", given, "-o", output, "--field", "v", "--chunk-size", "9"
+    )
+    assert result.exit_code == 0, result.output
+    assert read_rows(output) == [{"id": i, "prediction": 2 * i} for i in range(25)]
+    assert "25 rows" in result.stderr
+    assert "25 ok, 0 failed, 0 resumed" in result.stderr
+    leftovers = {p.name for p in tmp_path.iterdir()} - {given.name, output.name}
+    assert {name for name in leftovers if not name.endswith(".py")} == set()
+
+
+def test_stdin_to_stdout(tmp_path: Path) -> None:
+    lines = b"".join(orjson.dumps(row) + b"\n" for row in ROWS[:5])
+    result = invoke(model_ref(tmp_path), "-i", "-", "-o", "-", "--field", "v", input=lines)
+    assert result.exit_code == 0, result.stderr
+    assert [orjson.loads(line) for line in result.stdout_bytes.splitlines()] == [
+        {"id": i, "prediction": 2 * i} for i in range(5)
+    ]
+
+
+def test_id_field_names_the_id_and_dict_outputs_become_fields(tmp_path: Path) -> None:
+    given, output = tmp_path / "in.jsonl", tmp_path / "out.parquet"
+    write_rows(given, [{"key": f"k{i}", "v": i} for i in range(3)])
+    result = invoke(model_ref(tmp_path, "by_row"), "-i", given, "-o", output, "--id-field", "key")
+    assert result.exit_code == 0, result.output
+    assert read_rows(output) == [
+        {"key": f"k{i}", "twice": 2 * i, "label": f"n{i}"} for i in range(3)
+    ]
+
+
+def test_bad_rows_go_to_the_dead_letter_file_and_the_job_goes_on(tmp_path: Path) -> None:
+    given, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    given.write_bytes(
+        b'{"key": "a", "v": 1}\n'
+        b"{not json\n"
+        b'{"key": "c"}\n'
+        b'{"v": 3}\n'
+        b"[1, 2]\n"
+        b'{"key": "f", "v": 13}\n'
+        b'{"key": "g", "v": 4}\n'
+    )
+    ref = model_ref(tmp_path, "by_row")
+    result = invoke(ref, "-i", given, "-o", output, "--id-field", "key")
+    assert result.exit_code == 0, result.output
+    assert read_rows(output) == [
+        {"key": "a", "twice": 2, "label": "n1"},
+        {"key": "g", "twice": 8, "label": "n4"},
+    ]
+    dead = read_rows(tmp_path / "out.jsonl.dead.jsonl")
+    assert dead == [
+        {"row": 1, "id": None, "stage": "parse", "error": "JSONDecodeError",
+         "message": dead[0]["message"]},
+        {"row": 2, "id": "c", "stage": "model", "error": "KeyError", "message": "'v'"},
+        {"row": 3, "id": None, "stage": "input", "error": "KeyError",
+         "message": "row has no id field 'key'"},
+        {"row": 4, "id": None, "stage": "input", "error": "TypeError",
+         "message": "row is a list, not an object with fields"},
+        {"row": 5, "id": "f", "stage": "model", "error": "ValueError", "message": "unlucky 13"},
+    ]  # fmt: skip
+    assert dead[0]["message"].startswith("malformed JSON: ")
+    assert "5 failed" in result.stderr
+    assert "dead letters: " in result.stderr
+
+
+def test_a_missing_field_is_a_dead_letter(tmp_path: Path) -> None:
+    given, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    given.write_bytes(b'{"v": 1}\n{"w": 2}\n')
+    result = invoke(model_ref(tmp_path), "-i", given, "-o", output, "--field", "v")
+    assert result.exit_code == 0, result.output
+    assert read_rows(tmp_path / "out.jsonl.dead.jsonl") == [
+        {
+            "row": 1,
+            "id": 1,
+            "stage": "input",
+            "error": "KeyError",
+            "message": "row has no field 'v'",
+        }
+    ]
+
+
+def test_max_failures_stops_with_exit_1_and_resume_does_not_recompute(tmp_path: Path) -> None:
+    given, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    given.write_bytes(b"".join(b"{bad\n" if i % 10 == 9 else b'{"v": %d}\n' % i for i in range(60)))
+    ref = model_ref(tmp_path)
+    options: list[str | Path] = [
+        "-i",
+        given,
+        "-o",
+        output,
+        "--field",
+        "v",
+        "--chunk-size",
+        "50",
+        "--commit-every",
+        "1",
+    ]
+    stopped = invoke(ref, *options, "--max-failures", "2")
+    assert stopped.exit_code == 1
+    assert stopped.stderr.count("\n") == 1
+    assert "stopped: 3 of " in stopped.stderr
+    assert "--max-failures" in stopped.stderr
+    assert not output.exists()
+    committed = committed_rows(tmp_path / "out.jsonl.journal.sqlite")
+    assert 0 < committed < 60
+    again = invoke(ref, *options, "--max-failures", "0.2", "--resume")
+    assert again.exit_code == 0, again.output
+    counts = Counter(calls_of(ref))
+    assert set(counts) == {i for i in range(60) if i % 10 != 9}
+    assert all(counts[i] == 1 for i in counts if i < committed)  # committed: never again
+    assert [row["id"] for row in read_rows(output)] == [i for i in range(60) if i % 10 != 9]
+    assert len(read_rows(tmp_path / "out.jsonl.dead.jsonl")) == 6
+    assert "resumed" in again.stderr
+
+
+def test_a_failure_fraction_stops_the_job(tmp_path: Path) -> None:
+    given, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    given.write_bytes(b"{bad\n" * 3 + b'{"v": 1}\n' * 7)
+    result = invoke(
+        model_ref(tmp_path), "-i", given, "-o", output, "--field", "v", "--max-failures", "0.1"
+    )
+    assert result.exit_code == 1
+    assert "(10.0% of rows)" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-i", "{dir}/missing.jsonl", "-o", "{dir}/out.jsonl"], "does not exist"),
+        (["-i", "{dir}/in.jsonl", "-o", "{dir}/no/such/out.jsonl"], "does not exist"),
+        (["-i", "{dir}/in.jsonl", "-o", "{dir}/blocked.jsonl"], "cannot write next to"),
+        (["-i", "{dir}/in.jsonl", "-o", "{dir}/out.txt"], "unknown format '.txt'"),
+        (["-i", "{dir}/in.jsonl", "-o", "{dir}/in.jsonl"], "is the input file"),
+        (["-i", "{dir}/in.jsonl", "-o", "{dir}/out.jsonl", "--max-failures", "x"], "neither"),
+    ],
+)
+def test_bad_paths_and_options_exit_2_with_one_line(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    write_rows(tmp_path / "in.jsonl", ROWS[:2])
+    (tmp_path / "blocked.jsonl.parts").write_text("a file where the parts folder goes")
+    result = invoke(model_ref(tmp_path), *[a.format(dir=tmp_path) for a in args])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    if "neither" not in message:  # click's own usage errors take a few lines
+        assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        ("no_such_module_zz:f", "no module named 'no_such_module_zz'"),
+        ("{dir}/nope.py:f", "no such file"),
+        ("json:nope", "has no attribute 'nope'"),
+        ("json:__name__", "cannot load the model 'json:__name__': expected a Model"),
+    ],
+)
+def test_a_ref_that_does_not_import_exits_2_with_one_line(
+    tmp_path: Path, ref: str, message: str
+) -> None:
+    write_rows(tmp_path / "in.jsonl", ROWS[:2])
+    result = invoke(
+        ref.format(dir=tmp_path), "-i", tmp_path / "in.jsonl", "-o", tmp_path / "o.jsonl"
+    )
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def stop_early(tmp_path: Path, ref: str) -> list[str | Path]:
+    """Leaves an unfinished job behind (stopped by --max-failures) and returns its options."""
+    given, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    given.write_bytes(b'{"v": 1}\n{bad\n' + b"".join(b'{"v": %d}\n' % i for i in range(40)))
+    options: list[str | Path] = ["-i", given, "-o", output, "--field", "v", "--chunk-size", "64"]
+    assert invoke(ref, *options, "--max-failures", "0", "--commit-every", "1").exit_code == 1
+    return options
+
+
+def test_an_unfinished_job_is_neither_overwritten_nor_resumed_unasked(tmp_path: Path) -> None:
+    ref = model_ref(tmp_path)
+    options = stop_early(tmp_path, ref)
+    result = invoke(ref, *options)
+    assert result.exit_code == 2
+    assert "holds an unfinished job: add --resume to continue it, or --force" in result.stderr
+    assert invoke(ref, *options, "--resume", "--force").exit_code == 2
+
+
+def test_a_changed_input_refuses_to_resume_and_force_starts_over(tmp_path: Path) -> None:
+    ref = model_ref(tmp_path)
+    options = stop_early(tmp_path, ref)
+    with (tmp_path / "in.jsonl").open("ab") as file:
+        file.write(b'{"v": 100}\n')
+    refused = invoke(ref, *options, "--resume")
+    assert refused.exit_code == 2
+    assert "records another job (changed: input_size, input_mtime_ns)" in refused.stderr
+    assert "--force" in refused.stderr
+    forced = invoke(ref, *options, "--force")
+    assert forced.exit_code == 0, forced.output
+    assert [row["id"] for row in read_rows(tmp_path / "out.jsonl")] == [0, *range(2, 43)]
+
+
+def test_changed_model_code_refuses_to_resume(tmp_path: Path) -> None:
+    ref = model_ref(tmp_path)
+    options = stop_early(tmp_path, ref)
+    Path(ref.rpartition(":")[0]).write_text(DOUBLE + "\n# changed\n")
+    refused = invoke(ref, *options, "--resume")
+    assert refused.exit_code == 2
+    assert "(changed: code)" in refused.stderr
+
+
+def test_leftovers_of_an_interrupted_commit_are_discarded(tmp_path: Path) -> None:
+    ref = model_ref(tmp_path)
+    options = stop_early(tmp_path, ref)
+    parts = tmp_path / "out.jsonl.parts"
+    listed = sorted(p.name for p in parts.iterdir())
+    (parts / "000099.jsonl").write_bytes(b'{"id": 0, "prediction": "stale"}\n')
+    (parts / "000099.dead.jsonl.tmp").write_bytes(b"half a line")
+    result = invoke(ref, *options, "--resume")
+    assert result.exit_code == 0, result.output
+    assert not parts.exists()
+    assert read_rows(tmp_path / "out.jsonl") == [
+        {"id": i, "prediction": 2 * v} for i, v in [(0, 1), *((i + 2, i) for i in range(40))]
+    ]
+    assert listed  # the stopped job had committed parts, which were kept
