@@ -39,7 +39,10 @@ def test_the_quickstart_runs() -> None:
 def test_the_readme_gives_exactly_the_two_set_up_commands_ci_runs() -> None:
     commands = re.findall(r"^(python3 -m venv .*?)  # (main job|tests)$", README, re.M)
     assert [label for _, label in commands] == ["main job", "tests"]
-    assert "examples/classify_digits.py" in commands[0][0]
+    assert ".venv/bin/asyncml run examples/digits/model.py:DigitsClassifier" in commands[0][0]
+    assert "--input examples/digits/digits.jsonl" in commands[0][0]
+    # A fresh output folder each time, so the command works again and again.
+    assert '--output "$(mktemp -d)/' in commands[0][0]
     assert "pytest" in commands[1][0]
     ci = (ROOT / ".ci" / "run").read_text()
     assert 'readme_command "main job"' in ci
@@ -56,6 +59,7 @@ EXPECTED = {
     "parallel_map.py": r"C=0.01 .*C=10.0 .*best C=",
     "pipeline_digits.py": r"797 items in .*: 797 outputs, 0 failed; held-out accuracy 9\d\.\d%"
     r".*fetch +797 done, [1-9]\d* retries",
+    "serve_digits.py": r"serving 'digits' at .*2,000 answered, accuracy 9\d\.\d%.*stopped",
 }
 
 
