@@ -314,3 +314,23 @@ def test_leftovers_of_an_interrupted_commit_are_discarded(tmp_path: Path) -> Non
         {"id": i, "prediction": 2 * v} for i, v in [(0, 1), *((i + 2, i) for i in range(40))]
     ]
     assert listed  # the stopped job had committed parts, which were kept
+
+
+def test_the_shipped_digits_job_runs(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", "from asyncml.cli import main; main()", "run",
+         "examples/digits/model.py:DigitsClassifier", "--field", "pixels",
+         "--input", "examples/digits/digits.jsonl", "--output", str(tmp_path / "out.jsonl")],
+        capture_output=True, text=True, cwd=root, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "1,799 rows: 1,797 ok, 2 failed, 0 resumed" in done.stderr
+    predictions = read_rows(tmp_path / "out.jsonl")
+    assert len(predictions) == 1797
+    assert {row["prediction"] for row in predictions} == set(range(10))
+    dead = read_rows(tmp_path / "out.jsonl.dead.jsonl")
+    assert [(d["row"], d["stage"]) for d in dead] == [(1797, "parse"), (1798, "input")]

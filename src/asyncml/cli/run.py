@@ -260,9 +260,9 @@ class _ProgressBar:
 
 def _print_summary(console: Console, summary: JobSummary) -> None:
     console.print(
-        f"asyncml run: {summary.rows:,} rows in {summary.wall_s:.2f} s "
-        f"({summary.rows_per_s:,.0f} rows/s): {summary.ok:,} ok, {summary.failed:,} failed, "
-        f"{summary.resumed:,} resumed",
+        f"asyncml run: {summary.rows:,} rows: {summary.ok:,} ok, {summary.failed:,} failed, "
+        f"{summary.resumed:,} resumed; {summary.rows_per_s:,.0f} rows/s; "
+        f"{summary.wall_s:.2f} s in all, {summary.setup_s:.2f} s of it model setup",
         soft_wrap=True,
     )
     if summary.output != "-":

@@ -62,7 +62,9 @@ class JobSummary:
         dead_letters: the dead-letter file, if any row failed.
         rows, ok, failed: rows done, written and dead-lettered, since the job began.
         resumed: rows already done when this run started (not computed again).
-        wall_s: this run's duration; rows_per_s: rows this run did per second.
+        wall_s: this run's duration, model setup included.
+        setup_s: how long the model took to start (``setup()`` on every worker).
+        rows_per_s: rows this run did per second once the model was running.
     """
 
     output: str
@@ -72,6 +74,7 @@ class JobSummary:
     failed: int
     resumed: int
     wall_s: float
+    setup_s: float
     rows_per_s: float
 
 
@@ -142,6 +145,7 @@ async def run_job(
         named, hashed = await asyncio.to_thread(describe_model, model)
         model_ref, code_hash = model_ref or named, hashed if code_hash is None else code_hash
     id_name = id_field or DEFAULT_ID
+    setup = running = 0.0
     loaded = None
     if not isinstance(model, LoadedModel):  # checked before any file is touched
         try:
@@ -176,14 +180,17 @@ async def run_job(
             await asyncio.to_thread(output.close, remove=True)
         else:
             run = _Run(started, paths, field, id_field, max_failures, on_progress)
+            setup_began = loop.time()
             if loaded is None:
                 await run.process(model, max_in_flight, chunk_size, commit_rows, commit_interval)
             else:
                 async with loaded:
+                    setup = loop.time() - setup_began
                     await run.process(
                         loaded, max_in_flight, chunk_size, commit_rows, commit_interval
                     )
             await asyncio.to_thread(output.finish)
+            running = loop.time() - setup_began - setup
         finished = True
     finally:
         if not finished:
@@ -199,7 +206,8 @@ async def run_job(
         failed=tally.failed,
         resumed=started.resumed_rows,
         wall_s=wall,
-        rows_per_s=done_now / wall if wall > 0 else 0.0,
+        setup_s=setup,
+        rows_per_s=done_now / running if running > 0 else 0.0,
     )
 
 
