@@ -9,6 +9,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -93,6 +94,15 @@ async def test_an_item_that_kills_its_worker_fails_alone(
     assert error.attempts == 3
     assert reason in str(error)
     assert [r for i, r in enumerate(results) if i != 13] == [3 * x for x in range(40) if x != 13]
+
+
+async def test_an_item_that_cannot_be_pickled_fails_alone() -> None:
+    async with asyncml.load(models.identity, executor="process", max_batch_size=8) as m:
+        results = await m.map([1, threading.Lock(), 3], return_exceptions=True)
+    assert results[0] == 1
+    assert results[2] == 3
+    assert isinstance(results[1], asyncml.ModelError)
+    assert "cannot be sent to a worker process" in str(results[1])
 
 
 async def test_a_hung_batch_is_killed_after_the_execution_timeout() -> None:

@@ -73,6 +73,10 @@ class _NeedResponseSegment:
     size: int
 
 
+class Unsendable(Exception):
+    """The batch could not be pickled; the exception it raised is ``__cause__``."""
+
+
 class ParentGone(Exception):
     """The worker's pipe to its parent closed: the parent exited or was killed."""
 
@@ -90,11 +94,15 @@ class ParentChannel:
         """Sends a batch and returns its outcome.
 
         Raises:
+            Unsendable: an item does not pickle; nothing was sent.
             TimeoutError: the worker gave no outcome within ``timeout`` seconds.
             EOFError, OSError: the worker died.
         """
         request = self._segments.get(_REQUEST)
-        stream, buffers = _encode(pack(items), {}, self._reserve_request)
+        try:
+            stream, buffers = _encode(pack(items), {}, self._reserve_request)
+        except Exception as exc:
+            raise Unsendable from exc
         new = self._segments.get(_REQUEST)
         attach = new.name if new is not None and new is not request else None
         self._send(_Frame(stream, buffers, attach=attach))
@@ -238,7 +246,7 @@ def _encode(
             to_place.append((index, raw))
         buffers.append(buffer if where is None else where)
     offsets, total = _layout([raw.nbytes for _, raw in to_place])
-    if total >= THRESHOLD and (reserved := reserve(total)) is not None:
+    if to_place and total >= THRESHOLD and (reserved := reserve(total)) is not None:
         which, segment = reserved
         for (index, raw), offset in zip(to_place, offsets, strict=True):
             # numpy copies without holding the GIL: the event loop runs on meanwhile.

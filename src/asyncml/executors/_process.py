@@ -2,11 +2,12 @@
 
 Each worker is a spawned process holding its own model, driven by a thread of ours that
 sends it one batch at a time over a pipe and waits for the answer, so the event loop never
-blocks on a pipe. A worker that dies (a signal, ``os._exit``, the OOM killer) is noticed the
-moment its pipe closes; one that exceeds ``execution_timeout`` is killed. Either way the
-worker is replaced and its batch goes back to the queue for a healthy worker: retried whole
-once (the death may have been bad luck), then split in halves, until an item that keeps
-killing workers stands alone and fails with :class:`WorkerCrashed` after ``max_attempts``.
+blocks on a pipe; array buffers cross through shared memory (see ``_channel``). A worker
+that dies (a signal, ``os._exit``, the OOM killer) is noticed the moment its pipe closes;
+one that exceeds ``execution_timeout`` is killed. Either way the worker is replaced and its
+batch goes back to the queue for a healthy worker: retried whole once (the death may have
+been bad luck), then split in halves, until an item that keeps killing workers stands alone
+and fails with :class:`WorkerCrashed` after ``max_attempts``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from .._batch import BatchOutcome
-from .._errors import AsyncmlError, Closed, SetupError, WorkerCrashed
+from .._errors import AsyncmlError, Closed, ModelError, SetupError, WorkerCrashed
 from .._model import ModelSpec
 from .._threads import IntraOpThreads, resolve_intra_op_threads
 from ._base import (
@@ -38,7 +39,7 @@ from ._base import (
     require_sync,
     settle,
 )
-from ._channel import ParentChannel
+from ._channel import ParentChannel, Unsendable
 from ._process_child import serve
 
 #: A replacement worker whose setup() fails this many times in a row is given up.
@@ -356,6 +357,8 @@ class ProcessExecutor(Executor):
         assert process is not None
         try:
             return channel.exchange(items, self._execution_timeout)
+        except Unsendable as unsendable:
+            return self._run_sendable(index, channel, items, unsendable)
         except TimeoutError:
             process.kill()
             process.join()
@@ -363,6 +366,30 @@ class ProcessExecutor(Executor):
         except (EOFError, OSError):
             process.join()
             raise _Crash(_death(process)) from None
+
+    def _run_sendable(
+        self, index: int, channel: ParentChannel, items: Sequence[Any], unsendable: Unsendable
+    ) -> BatchOutcome:
+        """Runs the items that pickle; each other one fails with a ModelError saying why."""
+        name = self._spec.name if self._spec else "?"
+        errors: dict[int, AsyncmlError] = {}
+        for position, item in enumerate(items):
+            try:
+                pickle.dumps(item, protocol=5)
+            except Exception as exc:
+                errors[position] = _unsendable(name, exc)
+        if not errors:  # each item pickles alone, but not the batch
+            cause = unsendable.__cause__ or unsendable
+            return BatchOutcome.failure(len(items), _unsendable(name, cause))
+        sendable = [position for position in range(len(items)) if position not in errors]
+        values: list[Any] = [None] * len(items)
+        if sendable:
+            outcome = self._run(index, channel, [items[position] for position in sendable])
+            for position, value in zip(sendable, outcome.values, strict=True):
+                values[position] = value
+            for part_index, error in (outcome.errors or {}).items():
+                errors[sendable[part_index]] = error
+        return BatchOutcome(values, errors)
 
     def _stop(self, index: int, channel: ParentChannel) -> BaseException | None:
         """Asks worker ``index`` to close() and exit; returns what its close() raised."""
@@ -383,6 +410,15 @@ class ProcessExecutor(Executor):
             process.join()
         self._processes[index] = None
         return error
+
+
+def _unsendable(model: str, exc: BaseException) -> ModelError:
+    return ModelError(
+        f"model {model!r}: the item cannot be sent to a worker process: "
+        f"{type(exc).__name__}: {exc}",
+        model=model,
+        cause=exc,
+    )
 
 
 def _death(process: BaseProcess) -> str:
