@@ -1,0 +1,175 @@
+"""Large arrays through workers: asyncml's thread executor against its process executor.
+
+One item is a 1000x1000 float64 array (8 MB). Models:
+
+``identity``  the array comes back: 8 MB cross each way per item (the worst case for
+              processes; threads pass a reference)
+``sum``       a cheap reduction, ``float(x.sum())``: 8 MB go, a float comes back
+``project``   ``x @ W`` with a fixed 1000x100 ``W``: some compute (BLAS), 800 KB come back
+
+A thread worker reads the caller's array where it is; a process worker gets it through
+shared memory, which costs the parent one copy of it (and one more for each array that
+comes back). So the ratio below is about (copy + model) / model: close to 1 for models that
+compute, far from it for ``identity``.
+
+Each measurement runs in a fresh process: ``callers`` closed-loop coroutines each doing
+``await model(x)`` over ``items`` calls (a pool of distinct arrays, reused), after one
+untimed pass that starts the workers and sizes their shared memory. Repeats are
+interleaved (thread, process, thread, process, ...) and the table gives medians: ms per
+item, and the ratio of process to thread within each repeat.
+
+Run:  python benchmarks/arrays.py [--models identity,sum] [--items 200] [--repeats 3]
+      [--workers 1] [--callers 8] [--max-batch-size 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+import asyncml
+
+SHAPE = (1000, 1000)
+#: Distinct input arrays; calls cycle through them, so memory stays small.
+POOL = 8
+EXECUTORS: tuple[Literal["thread", "process"], ...] = ("thread", "process")
+
+
+def identity(batch: list[Any]) -> list[Any]:
+    return batch
+
+
+def sum_each(batch: list[Any]) -> list[float]:
+    return [float(x.sum()) for x in batch]
+
+
+#: ``project``'s matrix, the same in every process (each builds it from the seed).
+PROJECTION = np.random.default_rng(1).random((SHAPE[1], 100))
+
+
+def project(batch: list[Any]) -> list[Any]:
+    return [x @ PROJECTION for x in batch]
+
+
+MODELS = {"identity": identity, "sum": sum_each, "project": project}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measurement: a model on an executor, with its load."""
+
+    model: str
+    executor: Literal["thread", "process"]
+    workers: int
+    items: int
+    callers: int
+    max_batch_size: int
+
+
+async def measure(case: Case) -> float:
+    """Seconds per item of ``case``, in this process.
+
+    Raises:
+        AssertionError: an output differs from what the model computes here.
+    """
+    rng = np.random.default_rng(0)
+    pool = [rng.random(SHAPE) for _ in range(POOL)]
+    predict = MODELS[case.model]
+    expected = predict(pool)
+    async with asyncml.load(
+        predict,
+        executor=case.executor,
+        workers=case.workers,
+        max_batch_size=case.max_batch_size,
+    ) as model:
+
+        async def caller(first: int, count: int) -> None:
+            for index in range(first, count, case.callers):
+                output = await model(pool[index % POOL])
+                if index < POOL:  # outputs are checked, not kept: identity's are 8 MB
+                    assert np.allclose(output, expected[index]), f"wrong output {index}"
+
+        async def run(count: int) -> None:
+            async with asyncio.TaskGroup() as group:
+                for first in range(case.callers):
+                    group.create_task(caller(first, count))
+
+        await run(2 * case.callers * case.max_batch_size)  # untimed: start, size, check
+        start = time.perf_counter()
+        await run(case.items)
+        return (time.perf_counter() - start) / case.items
+
+
+def run_child(case: Case) -> float:
+    """Seconds per item of ``case``, measured in a fresh interpreter.
+
+    Raises:
+        RuntimeError: the child failed.
+    """
+    command = [sys.executable, __file__, "--one", json.dumps(asdict(case))]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        tail = " | ".join(done.stderr.strip().splitlines()[-5:])
+        raise RuntimeError(f"{case}: exit status {done.returncode}: {tail}")
+    seconds: float = json.loads(done.stdout.strip().splitlines()[-1])
+    return seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated")
+    parser.add_argument("--items", type=int, default=200, help="timed calls per measurement")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1, help="for both executors")
+    parser.add_argument("--callers", type=int, default=8)
+    parser.add_argument("--max-batch-size", type=int, default=4)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one is not None:
+        print(json.dumps(asyncio.run(measure(Case(**json.loads(args.one))))), flush=True)
+        return 0
+
+    models = [name.strip() for name in args.models.split(",") if name.strip()]
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown:
+        parser.error(f"unknown models {unknown}; known: {', '.join(MODELS)}")
+    cases = [
+        Case(model, executor, args.workers, args.items, args.callers, args.max_batch_size)
+        for model in models
+        for executor in EXECUTORS
+    ]
+    seconds: dict[Case, list[float]] = {case: [] for case in cases}
+    for repeat in range(args.repeats):
+        for case in cases:
+            seconds[case].append(run_child(case))
+            per_item = seconds[case][-1] * 1e3
+            print(f"repeat {repeat + 1}: {case.model} {case.executor} {per_item:.2f} ms/item",
+                  file=sys.stderr, flush=True)  # fmt: skip
+
+    print(
+        f"{SHAPE[0]}x{SHAPE[1]} float64 items, workers={args.workers} callers={args.callers} "
+        f"max_batch_size={args.max_batch_size}, {args.items} items, "
+        f"median of {args.repeats} interleaved repeats"
+    )
+    print(f"{'model':<10}{'thread ms/item':>16}{'process ms/item':>17}{'process/thread':>16}")
+    for model in models:
+        thread, process = (seconds[c] for c in cases if c.model == model)
+        ratio = statistics.median(p / t for p, t in zip(process, thread, strict=True))
+        print(
+            f"{model:<10}{statistics.median(thread) * 1e3:>16.2f}"
+            f"{statistics.median(process) * 1e3:>17.2f}{ratio:>15.2f}x"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
