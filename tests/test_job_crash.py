@@ -148,3 +148,19 @@ def test_two_crashes_in_a_row_then_resume(tmp_path: Path) -> None:
     resumed = job.run("--resume")
     assert resumed.returncode == 0, resumed.stderr
     job.assert_every_row_once()
+
+
+def test_a_row_that_kills_its_worker_process_fails_alone(tmp_path: Path) -> None:
+    (tmp_path / "in.jsonl").write_bytes(b"".join(b'{"v": %d}\n' % i for i in range(12)))
+    done = subprocess.run(
+        [sys.executable, "-c", "from asyncml.cli import main; main()", "run",
+         f"{MODELS}:dies_on_7", "-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"),
+         "--executor", "process", "--batch-size", "4"],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "ASYNCML_TEST_CALLS": str(tmp_path / "calls.log")},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = [orjson.loads(line) for line in (tmp_path / "out.jsonl").read_bytes().splitlines()]
+    assert rows == [{"id": i, "prediction": 2 * i} for i in range(12) if i != 7]
+    dead = orjson.loads((tmp_path / "out.jsonl.dead.jsonl").read_bytes())
+    assert (dead["row"], dead["stage"], dead["error"]) == (7, "model", "WorkerCrashed")

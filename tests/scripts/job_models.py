@@ -33,3 +33,10 @@ def hangs_after(batch: list[dict[str, Any]]) -> list[int]:
             fifo.write(f"{_computed}\n")
         threading.Event().wait()  # until SIGKILL
     return results
+
+
+def dies_on_7(batch: list[dict[str, Any]]) -> list[int]:
+    """Like :func:`counted`, but the worker process dies on the row whose ``v`` is 7."""
+    if any(int(row["v"]) == 7 for row in batch):
+        os._exit(3)
+    return counted(batch)

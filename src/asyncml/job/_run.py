@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .._loaded import ExecutorName, LoadedModel, load
+from .._model import model_spec
 from ..io import Source, open_source
 from ._crash import CrashPoints
 from ._errors import InputError, JobError, TooManyFailures
@@ -25,6 +26,7 @@ from ._fingerprint import describe_model
 from ._ordered import DEFAULT_MAX_IN_FLIGHT, ordered_outcomes
 from ._output import CommittedOutput, StreamedOutput, Tally
 from ._rows import DEFAULT_ID, Items, to_items
+from ._sliced import SlicedModel, can_slice, sliced_outcomes
 from ._start import JobPaths, Started, check_paths, start
 
 #: Commit at least every this many rows, and at least this often (seconds).
@@ -146,17 +148,11 @@ async def run_job(
         model_ref, code_hash = model_ref or named, hashed if code_hash is None else code_hash
     id_name = id_field or DEFAULT_ID
     setup = running = 0.0
-    loaded = None
+    loaded: LoadedModel[Any, Any] | None = None
+    slice_rows: int | None = None
     if not isinstance(model, LoadedModel):  # checked before any file is touched
         try:
-            loaded = load(
-                model,
-                executor=executor,
-                workers=workers,
-                max_batch_size=batch_size,
-                max_queue=max_in_flight,
-                intra_op_threads=_threads_per_worker(workers),
-            )
+            loaded, slice_rows = _load(model, executor, workers, batch_size, max_in_flight)
         except (TypeError, ValueError) as error:
             raise JobError(f"cannot load the model {model_ref!r}: {error}") from error
     started = await asyncio.to_thread(
@@ -182,12 +178,14 @@ async def run_job(
             run = _Run(started, paths, field, id_field, max_failures, on_progress)
             setup_began = loop.time()
             if loaded is None:
-                await run.process(model, max_in_flight, chunk_size, commit_rows, commit_interval)
+                await run.process(
+                    model, None, max_in_flight, chunk_size, commit_rows, commit_interval
+                )
             else:
                 async with loaded:
                     setup = loop.time() - setup_began
                     await run.process(
-                        loaded, max_in_flight, chunk_size, commit_rows, commit_interval
+                        loaded, slice_rows, max_in_flight, chunk_size, commit_rows, commit_interval
                     )
             await asyncio.to_thread(output.finish)
             running = loop.time() - setup_began - setup
@@ -209,6 +207,38 @@ async def run_job(
         setup_s=setup,
         rows_per_s=done_now / running if running > 0 else 0.0,
     )
+
+
+def _load(
+    model: Any,
+    executor: ExecutorName,
+    workers: int | None,
+    batch_size: int | None,
+    max_in_flight: int,
+) -> tuple[LoadedModel[Any, Any], int | None]:
+    """The job's model, not yet started, and the rows per item when it runs in slices."""
+    threads = _threads_per_worker(workers)
+    spec = model_spec(model, max_batch_size=batch_size)
+    if not can_slice(spec, model):
+        loaded: LoadedModel[Any, Any] = load(
+            model,
+            executor=executor,
+            workers=workers,
+            max_batch_size=batch_size,
+            max_queue=max_in_flight,
+            intra_op_threads=threads,
+        )
+        return loaded, None
+    rows = spec.max_batch_size
+    loaded = load(
+        SlicedModel(spec),
+        executor=executor,
+        workers=workers,
+        max_queue=max(2, max_in_flight // rows),
+        intra_op_threads=threads,
+        name=spec.name,
+    )
+    return loaded, rows
 
 
 def _threads_per_worker(workers: int | None) -> int:
@@ -253,6 +283,7 @@ class _Run:
     async def process(
         self,
         model: LoadedModel[Any, Any],
+        slice_rows: int | None,
         max_in_flight: int,
         chunk_size: int,
         commit_rows: int,
@@ -279,6 +310,10 @@ class _Run:
                 contextlib.aclosing(self._chunks(source)) as chunks,
                 contextlib.aclosing(
                     ordered_outcomes(model, chunks, max_in_flight=max_in_flight)
+                    if slice_rows is None
+                    else sliced_outcomes(
+                        model, chunks, slice_rows=slice_rows, max_in_flight=max_in_flight
+                    )
                 ) as outcomes,
             ):
                 async for outcome in outcomes:

@@ -1,0 +1,112 @@
+"""Rows sent to the model in slices: one queued item per batch of rows, not per row.
+
+A job has its rows at hand in chunks, so it need not pay the batcher's per-item cost on
+each of them (a future, a queue entry, a callback: about as much as parsing the row). It
+loads a :class:`SlicedModel` around the user's model instead: each item is a slice of up
+to ``max_batch_size`` rows, and the worker runs the slice as one batch through the user's
+model, isolating failing rows exactly as asyncml does for single calls (``run_batch``).
+A slice whose worker process died is run again row by row, so that only the row that
+kills workers fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterable, Sequence
+from typing import Any, TypeVar
+
+from .._batch import BatchOutcome, run_batch
+from .._loaded import LoadedModel
+from .._model import Model, ModelSpec
+from ._ordered import Outcomes, ordered_outcomes
+
+Tag = TypeVar("Tag")
+
+
+def can_slice(spec: ModelSpec, model: object) -> bool:
+    """Whether ``model`` can run in slices: a synchronous model whose batches are formed
+    by size alone (length-aware batching needs to see single items)."""
+    cls = model if isinstance(model, type) else type(model)
+    item_cost = getattr(cls, "item_cost", None) if issubclass(cls, Model) else None
+    return not spec.is_async and not spec.async_lifecycle and item_cost is None
+
+
+class SlicedModel(Model[list[Any], BatchOutcome]):
+    """Wraps a model so that one item is a slice of rows, run as one batch."""
+
+    max_batch_size = 1  # a slice is already a batch of the wrapped model's size
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        self._model: Model[Any, Any] | None = None
+
+    def _wrapped(self) -> Model[Any, Any]:
+        if self._model is None:
+            raise RuntimeError(f"model {self.spec.name!r} was not set up")
+        return self._model
+
+    def setup(self) -> None:
+        self._model = self.spec.create()
+        self._model.setup()
+
+    def warmup(self) -> None:
+        self._wrapped().warmup()
+
+    def predict(self, slices: list[list[Any]]) -> list[BatchOutcome]:
+        model = self._wrapped()
+        return [run_batch(model, self.spec, rows) for rows in slices]
+
+    def close(self) -> None:
+        self._wrapped().close()
+
+
+async def sliced_outcomes(
+    model: LoadedModel[list[Any], BatchOutcome],
+    batches: AsyncIterable[tuple[Tag, Sequence[Any]]],
+    *,
+    slice_rows: int,
+    max_in_flight: int,
+) -> AsyncGenerator[Outcomes[Tag], None]:
+    """Like :func:`ordered_outcomes`, for a loaded :class:`SlicedModel`: each batch's
+    items go in slices of ``slice_rows``; outcomes come back per row, in input order."""
+
+    async def in_slices() -> AsyncGenerator[tuple[tuple[Tag, list[Any]], list[Any]], None]:
+        async for tag, items in batches:
+            slices = [items[i : i + slice_rows] for i in range(0, len(items), slice_rows)]
+            yield (tag, slices), slices
+
+    window = max(1, max_in_flight // slice_rows)
+    async with (
+        contextlib.aclosing(in_slices()) as sliced,
+        contextlib.aclosing(ordered_outcomes(model, sliced, max_in_flight=window)) as outcomes,
+    ):
+        async for outcome in outcomes:
+            tag, slices = outcome.tag
+            values: list[Any] = []
+            errors: dict[int, BaseException] = {}
+            for index, rows in enumerate(slices):
+                ran = outcome.values[index]
+                if index in outcome.errors:  # e.g. the worker died: find the row that did it
+                    ran = await _row_by_row(model, rows)
+                if ran.errors:
+                    errors.update({len(values) + i: e for i, e in ran.errors.items()})
+                values.extend(ran.values)
+            yield Outcomes(tag, values, errors)
+
+
+async def _row_by_row(
+    model: LoadedModel[list[Any], BatchOutcome], rows: Sequence[Any]
+) -> BatchOutcome:
+    ran = await asyncio.gather(*(model([row]) for row in rows), return_exceptions=True)
+    values: list[Any] = []
+    errors: dict[int, Any] = {}
+    for index, one in enumerate(ran):
+        if isinstance(one, BaseException):
+            errors[index] = one
+            values.append(None)
+        else:
+            values.append(one.values[0])
+            if one.errors:
+                errors[index] = one.errors[0]
+    return BatchOutcome(values, errors or None)
