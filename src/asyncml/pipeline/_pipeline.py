@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -259,10 +259,14 @@ class PipelineRun:
         stages = self._pipeline.stages
         inboxes = [Channel(s.queue) for s in stages]
         for position, definition in enumerate(stages):
-            downstream: Callable[[list[Item]], Awaitable[None]]
-            downstream = inboxes[position + 1].put if position + 1 < len(stages) else self._deliver
+            last = position + 1 == len(stages)
             run = StageRun(
-                definition, inboxes[position], downstream, self._outputs.fan_out, self._dead
+                definition,
+                inboxes[position],
+                downstream=self._deliver if last else inboxes[position + 1].put,
+                when_done=None if last else inboxes[position + 1].close,
+                fan_out=self._outputs.fan_out,
+                on_failure=self._dead,
             )
             if definition.kind == "pool":
                 run.model = definition.load()
@@ -270,28 +274,13 @@ class PipelineRun:
 
     def _start(self, group: asyncio.TaskGroup) -> None:
         self._tasks.append(group.create_task(self._feed(), name="asyncml-pipeline-source"))
-        for position, run in enumerate(self._stages):
-            workers = run.workers()
-            alive = [len(workers)]
-            for worker in workers:
-                self._tasks.append(
-                    group.create_task(
-                        self._work(worker, alive, position),
-                        name=f"asyncml-pipeline-{run.stage.name}",
-                    )
-                )
+        for run in self._stages:
+            name = f"asyncml-pipeline-{run.stage.name}"
+            self._tasks.extend(group.create_task(work, name=name) for work in run.workers())
         if self._file_sink is not None:
             self._writer = group.create_task(self._write_letters(), name="asyncml-letters")
         if self._progress is not None:
             self._tasks.append(group.create_task(self._show_progress(), name="asyncml-progress"))
-
-    async def _work(
-        self, worker: Callable[[], Awaitable[None]], alive: list[int], position: int
-    ) -> None:
-        await worker()
-        alive[0] -= 1
-        if not alive[0] and position + 1 < len(self._stages):
-            self._stages[position + 1].inbox.close()  # the last worker out closes the door
 
     async def _feed(self) -> None:
         first = self._stages[0].inbox

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from .._errors import AsyncmlError
@@ -33,13 +33,17 @@ class StageRun:
         self,
         stage: Stage,
         inbox: Channel,
+        *,
         downstream: Downstream,
+        when_done: Callable[[], None] | None,
         fan_out: Callable[[int, int], None],
         on_failure: OnFailure,
     ):
         self.stage = stage
         self.inbox = inbox
         self._downstream = downstream
+        self._when_done = when_done
+        self._alive = 0
         self._fan_out = fan_out
         self._on_failure = on_failure
         self._bucket = TokenBucket(stage.rate) if stage.rate is not None else None
@@ -49,15 +53,23 @@ class StageRun:
         self.received = self.done = self.emitted = self.in_flight = 0
         self.retries = self.failures = 0
 
-    def workers(self) -> list[Callable[[], Awaitable[None]]]:
-        """The worker loops to start; the stage is done when all have returned."""
+    def workers(self) -> list[Coroutine[Any, Any, None]]:
+        """The worker loops to run as tasks; the last to end calls ``when_done``."""
         stage = self.stage
         if stage.kind == "async":
-            return [self._async_worker] * stage.concurrency
-        if stage.kind == "inline":
-            return [self._inline_worker]
-        tasks = max(1, -(-stage.concurrency // stage.batch_size))
-        return [self._pool_worker] * tasks
+            loops = [self._async_worker] * stage.concurrency
+        elif stage.kind == "inline":
+            loops = [self._inline_worker]
+        else:
+            loops = [self._pool_worker] * max(1, -(-stage.concurrency // stage.batch_size))
+        self._alive = len(loops)
+        return [self._until_done(loop) for loop in loops]
+
+    async def _until_done(self, loop: Callable[[], Awaitable[None]]) -> None:
+        await loop()
+        self._alive -= 1
+        if not self._alive and self._when_done is not None:
+            self._when_done()  # the last worker out closes the next stage's door
 
     def statistics(self) -> StageStatistics:
         return StageStatistics(
