@@ -206,10 +206,12 @@ def measure(
             result["wrong"],
         )
         runs.append(measured)
-        p99 = f"{measured.p99_ms:.1f}" if measured.p99_ms is not None else "-"
+        p50, p99 = (
+            f"{v:.1f}" if v is not None else "-" for v in (measured.p50_ms, measured.p99_ms)
+        )
         _progress(
-            f"  {workload} {system:9} {mode:14} {measured.items_per_s:8,.0f}/s p99 {p99} ms "
-            f"{measured.statuses}"
+            f"  {workload} {system:9} {mode:14} {measured.items_per_s:8,.0f}/s "
+            f"p50 {p50} ms p99 {p99} ms {measured.statuses}"
         )
         return measured
 
