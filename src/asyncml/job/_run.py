@@ -42,7 +42,8 @@ class JobProgress:
         rows: rows done since the job began (a prefix of the input).
         ok: rows written; failed: rows dead-lettered.
         resumed: rows that were already done when this run started.
-        position: how far the input has been read, in ``unit`` (``"bytes"`` or ``"rows"``).
+        position: where in the input the rows done end, in ``unit`` (``"bytes"`` or
+            ``"rows"``).
         total: the input's size in ``unit``, when known.
     """
 
@@ -305,7 +306,7 @@ class _Run:
         output = self._output
         committed_rows, committed_at = self._resumed, loop.time()
         try:
-            self._report(output.tally, source)
+            self._report(output.tally, self._position, source)
             async with (
                 contextlib.aclosing(self._chunks(source)) as chunks,
                 contextlib.aclosing(
@@ -323,7 +324,7 @@ class _Run:
                     if stop or due or loop.time() - committed_at >= commit_interval:
                         await asyncio.to_thread(output.commit)
                         committed_rows, committed_at = tally.rows, loop.time()
-                    self._report(tally, source)
+                    self._report(tally, outcome.tag.position, source)
                     if stop is not None:
                         raise TooManyFailures(stop)
         finally:
@@ -337,7 +338,6 @@ class _Run:
         chunk = source.read()
         if chunk is None:
             return None
-        self._position = chunk.position
         return to_items(chunk, self._field, self._id_field)
 
     def _too_many_failures(self, tally: Tally) -> str | None:
@@ -354,14 +354,14 @@ class _Run:
             "committed: to go on, run again with --resume and a higher --max-failures"
         )
 
-    def _report(self, tally: Tally, source: Source) -> None:
+    def _report(self, tally: Tally, position: int, source: Source) -> None:
         if self._on_progress is not None:
             progress = JobProgress(
                 tally.rows,
                 tally.ok,
                 tally.failed,
                 self._resumed,
-                self._position,
+                position,
                 source.total,
                 source.unit,
             )
