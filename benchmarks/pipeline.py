@@ -37,12 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from workloads import build_model, make_inputs
 
 ROOT = Path(__file__).parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.workloads import build_model, make_inputs  # noqa: E402
 
 DELAY = 0.02
 
