@@ -6,6 +6,7 @@ from ._pipeline import Pipeline, PipelineRun
 from ._progress import LogProgress, Progress, RichProgress
 from ._rate import RateLimit
 from ._retry import Retry
+from ._service import PipelineService
 from ._stage import Stage, stage
 from ._stats import PipelineStatistics, PipelineSummary, StageStatistics
 
@@ -18,6 +19,7 @@ __all__ = [
     "Pipeline",
     "PipelineFailed",
     "PipelineRun",
+    "PipelineService",
     "PipelineStatistics",
     "PipelineSummary",
     "Progress",

@@ -12,6 +12,9 @@ import asyncio
 from collections import deque
 from typing import Any
 
+#: Marks the end of a source item that left no output behind it.
+NOTHING: Any = object()
+
 
 class Outputs:
     """Admits roots, collects outputs and hands them to the consumer."""
@@ -95,7 +98,8 @@ class Outputs:
 
     def _complete(self, root: int) -> None:
         if not self._ordered:
-            self._delivered(1)  # any earlier outputs of the root were counted as taken
+            # Its outputs so far were taken as not its last; this marker ends it.
+            self._ready.append((root, NOTHING, True))
             self._wake_consumer()
             return
         self._finished.add(root)
@@ -106,7 +110,7 @@ class Outputs:
             finished.remove(self._next)
             held = self._held.pop(self._next, None)
             if held is None:
-                self._delivered(1)
+                self._ready.append((self._next, NOTHING, True))  # filtered out or failed
             else:
                 if len(held) > 1:
                     held.sort(key=_path)
@@ -117,8 +121,11 @@ class Outputs:
 
     # -- the consumer's side ---------------------------------------------------------------
 
-    async def take(self) -> list[tuple[int, Any]] | None:
-        """The outputs ready now, as ``(source index, output)``; ``None`` at the end.
+    async def take(self) -> deque[tuple[int, Any, bool]] | None:
+        """What is ready now, as ``(source index, output, last)``; ``None`` at the end.
+
+        ``last`` marks the end of a source item; an item that ended with no (further)
+        output, filtered out or failed, ends with ``(index, NOTHING, True)``.
 
         Raises:
             BaseException: what stopped the run (see :meth:`fail`).
@@ -132,7 +139,7 @@ class Outputs:
                 done = sum(1 for _, _, last in ready if last)
                 if done:
                     self._delivered(done)
-                return [(root, value) for root, value, _ in ready]
+                return ready
             if self._source_done and self.delivered == self.admitted:
                 return None
             self._consumer = asyncio.get_running_loop().create_future()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
@@ -18,9 +19,10 @@ from ._failures import (
     JsonlDeadLetters,
     PipelineFailed,
 )
-from ._outputs import Outputs
+from ._outputs import NOTHING, Outputs
 from ._progress import Progress, length_of, progress_display
 from ._runners import StageRun
+from ._service import PipelineService
 from ._stage import Stage, stage
 from ._stats import PipelineStatistics, PipelineSummary
 
@@ -102,6 +104,23 @@ class Pipeline:
             progress=progress_display(progress),
             total=total if total is not None else length_of(items),
         )
+
+    def open(self, *, max_queue: int = 1024) -> PipelineService:
+        """Keeps the pipeline running to answer calls item by item; enter the result.
+
+        ::
+
+            async with pipeline.open() as service:
+                output = await service(item)            # from any number of coroutines
+                future = service.call_nowait(item)      # or Overloaded when full
+
+        Concurrent calls flow through the stages together, so model stages batch them.
+
+        Args:
+            max_queue: items inside the pipeline at once; ``call_nowait`` raises
+                :class:`~asyncml.Overloaded` beyond it and ``await service(x)`` waits.
+        """
+        return PipelineService(self, max_queue=max_queue)
 
     async def run(
         self,
@@ -220,12 +239,16 @@ class PipelineRun:
     async def __aiter__(self) -> AsyncIterator[Any]:
         outputs, with_index = self._outputs, self._with_index
         while (ready := await outputs.take()) is not None:
-            if with_index:
-                for pair in ready:
-                    yield pair
-            else:
-                for _, output in ready:
-                    yield output
+            for index, output, _ in ready:
+                if output is not NOTHING:
+                    yield (index, output) if with_index else output
+        self._finish_clock()
+
+    async def events(self) -> AsyncIterator[deque[tuple[int, Any, bool]]]:
+        """What :meth:`Outputs.take` gives, chunk by chunk: outputs and the ends of items."""
+        outputs = self._outputs
+        while (ready := await outputs.take()) is not None:
+            yield ready
         self._finish_clock()
 
     def statistics(self) -> PipelineStatistics:
