@@ -164,3 +164,25 @@ def test_a_row_that_kills_its_worker_process_fails_alone(tmp_path: Path) -> None
     assert rows == [{"id": i, "prediction": 2 * i} for i in range(12) if i != 7]
     dead = orjson.loads((tmp_path / "out.jsonl.dead.jsonl").read_bytes())
     assert (dead["row"], dead["stage"], dead["error"]) == (7, "model", "WorkerCrashed")
+
+
+def test_ctrl_c_exits_130_keeping_commits_for_resume(tmp_path: Path) -> None:
+    job = Job(tmp_path)
+    fifo = tmp_path / "signal.fifo"
+    os.mkfifo(fifo)
+    environ = job.environ(ASYNCML_TEST_SLOW_AFTER="100", ASYNCML_TEST_SIGNAL=str(fifo))
+    with subprocess.Popen(
+        job.command("slows_after"), env=environ, stderr=subprocess.PIPE, text=True
+    ) as run:
+        with fifo.open() as reached:
+            assert int(reached.read()) >= 100
+        run.send_signal(signal.SIGINT)
+        _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 130, stderr
+    assert "interrupted: committed work is kept; run again with --resume" in stderr
+    assert "Traceback" not in stderr
+    fifo.unlink()
+    assert job.journal()[1] > 0
+    resumed = job.run("--resume", model="slows_after", ASYNCML_TEST_SLOW_AFTER=str(10**9))
+    assert resumed.returncode == 0, resumed.stderr
+    job.assert_every_row_once()

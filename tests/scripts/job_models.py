@@ -40,3 +40,19 @@ def dies_on_7(batch: list[dict[str, Any]]) -> list[int]:
     if any(int(row["v"]) == 7 for row in batch):
         os._exit(3)
     return counted(batch)
+
+
+def slows_after(batch: list[dict[str, Any]]) -> list[int]:
+    """Like :func:`counted`; once ``ASYNCML_TEST_SLOW_AFTER`` items are computed, it says so
+    on the FIFO ``ASYNCML_TEST_SIGNAL`` (once), then takes a moment per batch, so that the
+    job is still running when the test interrupts it."""
+    global _computed
+    results = counted(batch)
+    before, _computed = _computed, _computed + len(batch)
+    threshold = int(os.environ["ASYNCML_TEST_SLOW_AFTER"])
+    if before < threshold <= _computed:
+        with open(os.environ["ASYNCML_TEST_SIGNAL"], "w") as fifo:
+            fifo.write(f"{_computed}\n")
+    if _computed >= threshold:
+        threading.Event().wait(0.05)
+    return results

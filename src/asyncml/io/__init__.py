@@ -5,8 +5,9 @@ or a row number for Parquet) where reading can resume after them. pyarrow is imp
 when a CSV or Parquet file is read or written.
 """
 
+from ._arrow import records_to_table, write_parquet
 from ._chunk import BAD_ROW, BadRow, RowChunk, Source
-from ._formats import Format, assemble, encode_part, format_of, open_source, part_format
+from ._formats import Format, assemble, format_of, open_source, part_format
 from ._jsonl import encode_jsonl, parse_lines
 
 __all__ = [
@@ -17,9 +18,10 @@ __all__ = [
     "Source",
     "assemble",
     "encode_jsonl",
-    "encode_part",
     "format_of",
     "open_source",
     "parse_lines",
     "part_format",
+    "records_to_table",
+    "write_parquet",
 ]

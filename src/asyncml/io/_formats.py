@@ -1,18 +1,17 @@
-"""Formats by file extension, and the two operations a job needs of each: open a reader at a
-position, and encode or assemble output parts."""
+"""Formats by file extension, and what a job needs of each: a reader that starts at a
+position, and the assembly of output parts into one file."""
 
 from __future__ import annotations
 
-import io
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import BinaryIO, Literal
 
-from ._arrow import assemble_tables, records_to_table, write_parquet
-from ._chunk import BadRow, Source
+from ._arrow import assemble_tables
+from ._chunk import Source
 from ._csv import CsvSource
-from ._jsonl import JsonlSource, encode_jsonl
+from ._jsonl import JsonlSource
 from ._parquet import ParquetSource
 
 Format = Literal["jsonl", "csv", "parquet"]
@@ -82,18 +81,6 @@ def part_format(output_format: Format) -> Format:
     """How parts of an output are stored: JSONL parts are concatenated, columnar outputs are
     assembled from Parquet parts."""
     return "jsonl" if output_format == "jsonl" else "parquet"
-
-
-def encode_part(
-    records: Sequence[dict[str, Any]], output_format: Format
-) -> tuple[bytes, dict[int, BadRow]]:
-    """The bytes of one output part, and offset -> why for records that cannot be written."""
-    if output_format == "jsonl":
-        return encode_jsonl(records)
-    table, bad = records_to_table(records, flat=output_format == "csv")
-    buffer = io.BytesIO()
-    write_parquet(table, buffer)
-    return buffer.getvalue(), bad
 
 
 def assemble(parts: Sequence[Path], file: BinaryIO, output_format: Format) -> None:

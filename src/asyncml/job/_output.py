@@ -18,8 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..io import BadRow, Format, assemble, encode_jsonl, part_format
-from ..io._arrow import records_to_table, write_parquet
+from ..io import (
+    BadRow,
+    Format,
+    assemble,
+    encode_jsonl,
+    part_format,
+    records_to_table,
+    write_parquet,
+)
 from ._crash import CrashPoints
 from ._journal import Commit, Journal, remove_journal
 from ._ordered import Outcomes
