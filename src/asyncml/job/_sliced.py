@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
+
+import numpy as np
 
 from .._batch import BatchOutcome, run_batch
 from .._loaded import LoadedModel
@@ -55,10 +57,20 @@ class SlicedModel(Model[list[Any], BatchOutcome]):
 
     def predict(self, slices: list[list[Any]]) -> list[BatchOutcome]:
         model = self._wrapped()
-        return [run_batch(model, self.spec, rows) for rows in slices]
+        return [_compact(run_batch(model, self.spec, rows)) for rows in slices]
 
     def close(self) -> None:
         self._wrapped().close()
+
+
+def _compact(ran: BatchOutcome) -> BatchOutcome:
+    """Numbers out of an array, as one array again: from a worker process, one buffer
+    crosses instead of a pickled numpy scalar per row."""
+    values = ran.values
+    if ran.errors or not values or not isinstance(values[0], np.generic | np.ndarray):
+        return ran
+    stacked = np.asarray(values)
+    return ran if stacked.dtype == object else BatchOutcome(cast(Sequence[Any], stacked))
 
 
 async def sliced_outcomes(
@@ -91,7 +103,9 @@ async def sliced_outcomes(
                     ran = await _row_by_row(model, rows)
                 if ran.errors:
                     errors.update({len(values) + i: e for i, e in ran.errors.items()})
-                values.extend(ran.values)
+                values.extend(
+                    ran.values.tolist() if isinstance(ran.values, np.ndarray) else ran.values
+                )
             yield Outcomes(tag, values, errors)
 
 
