@@ -20,13 +20,12 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 from .._batch import BatchOutcome
-from .._errors import AsyncmlError, Closed, ModelError, SetupError, WorkerCrashed
+from .._errors import AsyncmlError, ModelError, SetupError
 from .._model import ModelSpec
 from .._threads import IntraOpThreads, resolve_intra_op_threads
 from ._base import (
@@ -40,38 +39,11 @@ from ._base import (
     settle,
 )
 from ._channel import ParentChannel, Unsendable
+from ._crash_recovery import MAX_FAILED_RESTARTS, CrashRecovery, Part, restart_delay
 from ._process_child import serve
 
-#: A replacement worker whose setup() fails this many times in a row is given up.
-_MAX_FAILED_RESTARTS = 5
 #: Seconds a worker has to close() and exit before it is killed.
 _EXIT_GRACE = 10.0
-
-
-@dataclass(slots=True)
-class _Batch:
-    """One batch the batcher submitted; after crashes it may run as several parts."""
-
-    items: Sequence[Any]
-    done: BatchDone
-    values: list[Any] = field(default_factory=list)
-    errors: dict[int, AsyncmlError] = field(default_factory=dict)
-    unsettled: int = 0
-
-
-@dataclass(slots=True)
-class _Part:
-    """A slice of a batch, queued for a worker; ``crashes`` counts the workers it killed."""
-
-    batch: _Batch
-    start: int
-    stop: int
-    crashes: int = 0
-
-    @property
-    def items(self) -> Sequence[Any]:
-        items = self.batch.items
-        return items if self.stop - self.start == len(items) else items[self.start : self.stop]
 
 
 class _Crash(Exception):
@@ -118,17 +90,16 @@ class ProcessExecutor(Executor):
             raise ValueError(f"execution_timeout must be > 0 seconds, got {execution_timeout!r}")
         self._workers = workers
         self._pool_threads = resolve_intra_op_threads(intra_op_threads, workers)
-        self._max_attempts = max_attempts
         self._execution_timeout = execution_timeout
         self._context = multiprocessing.get_context("spawn")  # safe with threads and torch
-        self._parts: queue.SimpleQueue[_Part | None] = queue.SimpleQueue()
+        self._parts: queue.SimpleQueue[Part | None] = queue.SimpleQueue()
         self._drivers: list[threading.Thread] = []
         self._started: list[asyncio.Future[None]] = []
         self._stopped: list[asyncio.Future[None]] = []
         self._processes: list[BaseProcess | None] = []
         self._alive = 0
         self._closing = False
-        self._broken: AsyncmlError | None = None
+        self._recovery = CrashRecovery("a worker process", max_attempts, self._parts.put)
         self._spec: ModelSpec | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.restarts = 0
@@ -149,6 +120,7 @@ class ProcessExecutor(Executor):
 
     async def start(self, spec: ModelSpec) -> None:
         self._spec = spec
+        self._recovery.model = spec.name
         self._loop = loop = asyncio.get_running_loop()
         self._started = [loop.create_future() for _ in range(self._workers)]
         self._stopped = [loop.create_future() for _ in range(self._workers)]
@@ -170,11 +142,9 @@ class ProcessExecutor(Executor):
         )
 
     def submit(self, items: Sequence[Any], done: BatchDone) -> None:
-        batch = _Batch(items, done, unsettled=len(items))
-        if self._broken is not None:
-            self._fail(_Part(batch, 0, len(items)), self._broken)
-            return
-        self._parts.put(_Part(batch, 0, len(items)))
+        part = self._recovery.new_part(items, done)
+        if part is not None:
+            self._parts.put(part)
 
     async def aclose(self, *, graceful: bool) -> None:
         errors = await self._stop_workers(graceful=graceful)
@@ -183,81 +153,27 @@ class ProcessExecutor(Executor):
 
     async def _stop_workers(self, *, graceful: bool) -> list[BaseException]:
         """Stops every worker and its driver; returns the errors their close() raised."""
-        self._closing = True
+        self._closing = self._recovery.closing = True
         if not graceful:
-            name = self._spec.name if self._spec else "?"
-            closed = Closed(f"model {name!r} was closed before the item ran", model=name)
-            self._fail_queued(closed)
+            closed = self._recovery.closed("was closed before the item ran")
+            self._recovery.fail_all(drain(self._parts), closed)
             for process in self._processes:
                 if process is not None:
-                    process.kill()  # running batches fail with Closed (see _crashed)
+                    process.kill()  # running batches fail with Closed (see CrashRecovery.crashed)
         for _ in self._drivers:
             self._parts.put(None)
         errors = await join_workers(self._drivers, self._stopped)
         self._drivers = []
         return errors
 
-    # -- the loop's side: settling parts ----------------------------------------------------
-
-    def _finished(self, part: _Part, outcome: BatchOutcome) -> None:
-        batch = part.batch
-        if part.stop - part.start == len(batch.items) and part.crashes == 0:
-            batch.done(outcome)  # the common case: the whole batch, first time
-            return
-        if not batch.values:
-            batch.values = [None] * len(batch.items)
-        batch.values[part.start : part.stop] = outcome.values
-        for index, error in (outcome.errors or {}).items():
-            batch.errors[part.start + index] = error
-        self._settled(batch, part.stop - part.start)
-
-    def _crashed(self, part: _Part, reason: str) -> None:
-        part.crashes += 1
-        name = self._spec.name if self._spec else "?"
-        size = part.stop - part.start
-        if self._closing:
-            self._fail(part, Closed(f"model {name!r} was closed while the item ran", model=name))
-        elif size == 1 and part.crashes >= self._max_attempts:
-            error = WorkerCrashed(
-                f"model {name!r}: a worker process died running this item on each of its "
-                f"{part.crashes} attempts (last: {reason})",
-                model=name,
-                reason=reason,
-                attempts=part.crashes,
-            )
-            self._fail(part, error)
-        elif size > 1 and part.crashes >= 2:
-            # Twice is no accident: split, so that the item to blame ends up alone.
-            middle = (part.start + part.stop) // 2
-            self._requeue(_Part(part.batch, part.start, middle, crashes=1))
-            self._requeue(_Part(part.batch, middle, part.stop, crashes=1))
-        else:
-            self._requeue(part)
-
-    def _requeue(self, part: _Part) -> None:
-        if self._broken is not None:
-            self._fail(part, self._broken)
-        else:
-            self._parts.put(part)
-
-    def _fail(self, part: _Part, error: AsyncmlError) -> None:
-        self._finished(part, BatchOutcome.failure(part.stop - part.start, error))
-
-    def _settled(self, batch: _Batch, count: int) -> None:
-        batch.unsettled -= count
-        if batch.unsettled == 0:
-            batch.done(BatchOutcome(batch.values, batch.errors or None))
-
-    def _fail_queued(self, error: AsyncmlError) -> None:
-        for part in drain(self._parts):
-            self._fail(part, error)
+    # -- the loop's side ----------------------------------------------------------------------
 
     def _lost_worker(self, error: AsyncmlError) -> None:
         """A worker slot gave up restarting; with none left, nothing can run any more."""
         self._alive -= 1
         if self._alive == 0 and not self._closing:
-            self._broken = error
-            self._fail_queued(error)
+            self._recovery.broken = error
+            self._recovery.fail_all(drain(self._parts), error)
 
     # -- a driver thread's side: one worker process -----------------------------------------
 
@@ -273,10 +189,10 @@ class ProcessExecutor(Executor):
                     outcome = self._run(index, channel, part.items)
                 except _Crash as crash:
                     channel.close()
-                    loop.call_soon_threadsafe(self._crashed, part, crash.reason)
+                    loop.call_soon_threadsafe(self._recovery.crashed, part, crash.reason)
                     channel = self._respawn(index, spec, loop)  # at once, not when work comes
                 else:
-                    loop.call_soon_threadsafe(self._finished, part, outcome)
+                    loop.call_soon_threadsafe(self._recovery.finished, part, outcome)
             if channel is not None:
                 close_error = self._stop(index, channel)
         finally:
@@ -334,18 +250,17 @@ class ProcessExecutor(Executor):
         self, index: int, spec: ModelSpec, loop: asyncio.AbstractEventLoop
     ) -> ParentChannel | None:
         """Replaces a dead worker, backing off while its setup() keeps failing."""
-        for attempt in range(_MAX_FAILED_RESTARTS):
+        for attempt in range(MAX_FAILED_RESTARTS):
             if self._closing:
                 return None
-            if attempt:
-                time.sleep(min(5.0, 0.1 * 2**attempt))  # a driver thread: the loop runs on
+            time.sleep(restart_delay(attempt))  # a driver thread: the loop runs on
             channel = self._spawn(index, spec, None, loop)
             if channel is not None:
                 self.restarts += 1
                 return channel
         error = SetupError(
             f"model {spec.name!r}: worker process {index} died and could not be restarted "
-            f"({_MAX_FAILED_RESTARTS} failed setups in a row)",
+            f"({MAX_FAILED_RESTARTS} failed setups in a row)",
             model=spec.name,
             worker=index,
         )
