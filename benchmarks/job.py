@@ -15,6 +15,9 @@ lines, through :func:`asyncml.job.run_job` as ``asyncml run --field pixels`` doe
 - ``by-hand``: the same work in one plain loop, no asyncml, no threads: read 1 MiB blocks,
   ``orjson.loads`` each line, predict 256 rows at a time, ``orjson.dumps`` each result.
 
+Every system runs with the garbage-collector threshold ``asyncml run`` sets
+(:func:`asyncml.job.fewer_collections`).
+
 Every run is a fresh child process (its peak RSS is its own); repeats are interleaved and
 each row reports medians. rows/s counts from the model being ready to the output being in
 place, so the model's setup is left out.
@@ -61,25 +64,29 @@ def measure(system: str, executor: str, rows_path: Path, cache_dir: Path) -> dic
 
     output = rows_path.with_name(f"out-{os.getpid()}.jsonl")
     if system == "by-hand":
-        elapsed = by_hand(rows_path, output, cache_dir)
+        from asyncml.job import fewer_collections
+
+        with fewer_collections():  # the same garbage-collector setting as the jobs
+            elapsed = by_hand(rows_path, output, cache_dir)
     else:
         import asyncio
 
         from job_model import DigitsRows
 
-        from asyncml.job import run_job
+        from asyncml.job import fewer_collections, run_job
 
-        summary = asyncio.run(
-            run_job(
-                DigitsRows(str(cache_dir)),
-                rows_path,
-                output,
-                field="pixels",
-                executor=executor,  # type: ignore[arg-type]
-                use_journal=system == "journal",
-                force=True,
+        with fewer_collections():  # as asyncml run does
+            summary = asyncio.run(
+                run_job(
+                    DigitsRows(str(cache_dir)),
+                    rows_path,
+                    output,
+                    field="pixels",
+                    executor=executor,  # type: ignore[arg-type]
+                    use_journal=system == "journal",
+                    force=True,
+                )
             )
-        )
         elapsed = summary.wall_s - summary.setup_s
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # before the check
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024

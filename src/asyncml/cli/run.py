@@ -23,7 +23,7 @@ from rich.progress import (
 
 from .._errors import AsyncmlError, SetupError
 from .._ref import RefError, resolve
-from ..job import JobError, JobProgress, JobSummary, TooManyFailures, run_job
+from ..job import JobError, JobProgress, JobSummary, TooManyFailures, fewer_collections, run_job
 from ..job._run import DEFAULT_COMMIT_ROWS
 from ._app import main
 
@@ -181,29 +181,30 @@ def run(
         _fail(str(error), EXIT_USAGE)
     show_progress = not no_progress and console.is_terminal
     try:
-        summary = asyncio.run(
-            _run(
-                model.obj,
-                console=console,
-                show_progress=show_progress,
-                input_path=input_path,
-                output_path=output_path,
-                field=field,
-                id_field=id_field,
-                dead_letters=dead_letter,
-                journal=journal,
-                resume=resume,
-                force=force,
-                max_failures=max_failures,
-                executor=executor,
-                workers=workers,
-                batch_size=batch_size,
-                commit_rows=commit_every,
-                chunk_size=chunk_size or 0,
-                model_ref=ref,
-                code_hash=model.code_hash(),
+        with fewer_collections():  # this process is the job's: see asyncml.job._gc
+            summary = asyncio.run(
+                _run(
+                    model.obj,
+                    console=console,
+                    show_progress=show_progress,
+                    input_path=input_path,
+                    output_path=output_path,
+                    field=field,
+                    id_field=id_field,
+                    dead_letters=dead_letter,
+                    journal=journal,
+                    resume=resume,
+                    force=force,
+                    max_failures=max_failures,
+                    executor=executor,
+                    workers=workers,
+                    batch_size=batch_size,
+                    commit_rows=commit_every,
+                    chunk_size=chunk_size or 0,
+                    model_ref=ref,
+                    code_hash=model.code_hash(),
+                )
             )
-        )
     except KeyboardInterrupt:
         _fail("interrupted: committed work is kept; run again with --resume", EXIT_INTERRUPTED)
     except TooManyFailures as error:

@@ -10,6 +10,7 @@ callable of one item, so other computations (a pipeline) can drive a job too.
 """
 
 from ._errors import InputError, JobError, OutputError, ResumeError, TooManyFailures
+from ._gc import fewer_collections
 from ._ordered import Outcomes, ordered_outcomes
 from ._run import JobProgress, JobSummary, run_job
 
@@ -22,6 +23,7 @@ __all__ = [
     "OutputError",
     "ResumeError",
     "TooManyFailures",
+    "fewer_collections",
     "ordered_outcomes",
     "run_job",
 ]
