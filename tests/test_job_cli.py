@@ -26,6 +26,9 @@ def double(batch):
     calls.extend(batch)
     return [2 * v for v in batch]
 
+def mixed(batch):
+    return [{"label": v if v < 10 else f"big-{v}"} for v in batch]
+
 def by_row(batch):
     calls.extend(row["v"] for row in batch)
     out = []
@@ -99,6 +102,19 @@ def test_every_format_round_trips(tmp_path: Path, source: str, target: str) -> N
     assert "25 ok, 0 failed, 0 resumed" in result.stderr
     leftovers = {p.name for p in tmp_path.iterdir()} - {given.name, output.name}
     assert {name for name in leftovers if not name.endswith(".py")} == set()
+
+
+@pytest.mark.parametrize("target", ["csv", "parquet"])
+def test_a_column_of_ints_in_one_part_and_text_in_another_becomes_text(
+    tmp_path: Path, target: str
+) -> None:
+    given, output = tmp_path / "in.jsonl", tmp_path / f"out.{target}"
+    write_rows(given, ROWS[:15])
+    options = ["--field", "v", "--chunk-size", "40", "--commit-every", "1"]
+    result = invoke(model_ref(tmp_path, "mixed"), "-i", given, "-o", output, *options)
+    assert result.exit_code == 0, result.output
+    labels = [row["label"] for row in read_rows(output)]
+    assert labels == [*map(str, range(10)), *(f"big-{v}" for v in range(10, 15))]
 
 
 def test_stdin_to_stdout(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ or a row number for Parquet) where reading can resume after them. pyarrow is imp
 when a CSV or Parquet file is read or written.
 """
 
-from ._arrow import records_to_table, write_parquet
+from ._arrow import concat_tables, records_to_table, write_parquet
 from ._chunk import BAD_ROW, BadRow, RowChunk, Source
 from ._formats import Format, assemble, format_of, open_source, part_format
 from ._jsonl import encode_jsonl, parse_lines
@@ -17,6 +17,7 @@ __all__ = [
     "RowChunk",
     "Source",
     "assemble",
+    "concat_tables",
     "encode_jsonl",
     "format_of",
     "open_source",

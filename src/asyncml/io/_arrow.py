@@ -94,10 +94,7 @@ def assemble_tables(parts: Sequence[Path], file: BinaryIO, *, output_format: str
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schemas = [pq.read_schema(part) for part in parts]
-    nonempty = [schema for schema in schemas if schema.names]
-    schema = pa.unify_schemas(nonempty, promote_options="permissive") if nonempty else pa.schema([])
-    schema = pa.schema([_concrete(f) for f in schema])
+    schema = unified_schema([pq.read_schema(part) for part in parts])
     writer = _writer(file, schema, output_format)
     rows = 0
     try:
@@ -111,6 +108,35 @@ def assemble_tables(parts: Sequence[Path], file: BinaryIO, *, output_format: str
     return rows
 
 
+def concat_tables(tables: Sequence[Any]) -> Any:
+    """One table of ``tables``' rows, under their :func:`unified_schema`."""
+    import pyarrow as pa
+
+    schema = unified_schema([table.schema for table in tables])
+    return pa.concat_tables([_conform(table, schema) for table in tables])
+
+
+def unified_schema(schemas: Sequence[Any]) -> Any:
+    """Every column of ``schemas``, each with a type that holds all of its values: the
+    wider type (int and float: float; null and int: int), or text where none does (int
+    and string values of one column are written as text)."""
+    import pyarrow as pa
+
+    fields: dict[str, Any] = {}
+    for schema in schemas:
+        for field in schema:
+            known = fields.get(field.name)
+            if known is None or known.type == field.type:
+                fields.setdefault(field.name, field)
+                continue
+            try:
+                pair = [pa.schema([known]), pa.schema([field])]
+                fields[field.name] = pa.unify_schemas(pair, promote_options="permissive")[0]
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                fields[field.name] = pa.field(field.name, pa.string())
+    return pa.schema([_concrete(field) for field in fields.values()])
+
+
 def _concrete(field: Any) -> Any:
     import pyarrow as pa
 
@@ -122,12 +148,30 @@ def _conform(table: Any, schema: Any) -> Any:
     import pyarrow as pa
 
     columns = [
-        table.column(f.name).cast(f.type)
+        _cast(table.column(f.name), f.type)
         if f.name in table.column_names
         else pa.nulls(table.num_rows, type=f.type)
         for f in schema
     ]
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _cast(column: Any, type_: Any) -> Any:
+    import pyarrow as pa
+
+    if column.type == type_:
+        return column
+    try:
+        return column.cast(type_)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        # Only to text, for columns whose values no one type holds: JSON for non-strings.
+        values = column.to_pylist()
+        texts = [v if v is None or isinstance(v, str) else _json_text(v) for v in values]
+        return pa.array(texts, type=type_)
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value, option=_JSON_OPTIONS).decode()
 
 
 def _writer(file: BinaryIO, schema: Any, output_format: str) -> Any:

@@ -22,6 +22,7 @@ from ..io import (
     BadRow,
     Format,
     assemble,
+    concat_tables,
     encode_jsonl,
     part_format,
     records_to_table,
@@ -67,10 +68,8 @@ class _PendingOutput:
             return None
         if self._format == "jsonl":
             return b"".join(pieces)
-        import pyarrow as pa
-
         buffer = io.BytesIO()
-        write_parquet(pa.concat_tables(pieces, promote_options="permissive"), buffer)
+        write_parquet(concat_tables(pieces), buffer)
         return buffer.getvalue()
 
 
