@@ -15,9 +15,9 @@ from ._grouping import Grouping
 from ._model import In, Model, ModelSpec, Out, grouping_defaults, model_spec
 from ._stats import ModelStatistics
 from ._threads import IntraOpThreads
-from .executors import Executor, InlineExecutor, ProcessExecutor, ThreadExecutor
+from .executors import Executor, InlineExecutor, ProcessExecutor, RayExecutor, ThreadExecutor
 
-ExecutorName = Literal["auto", "inline", "thread", "process"]
+ExecutorName = Literal["auto", "inline", "thread", "process", "ray"]
 
 #: Default bound of the admission queue: this many items, or two full batches per worker.
 DEFAULT_MAX_QUEUE = 1024
@@ -375,7 +375,9 @@ def load(
             list) and returning one output per item; ``async def`` functions and predicts
             run on the event loop.
         executor: ``"thread"`` (synchronous models), ``"process"`` (synchronous models that
-            hold the GIL or may crash: one process per worker), ``"inline"`` (async models),
+            hold the GIL or may crash: one process per worker), ``"ray"`` (synchronous
+            models in Ray actors, locally or on a cluster: one actor per worker; see
+            :class:`~asyncml.executors.RayExecutor`), ``"inline"`` (async models),
             ``"auto"`` (thread or inline, whichever fits), or an
             :class:`~asyncml.executors.Executor` such as a configured
             :class:`~asyncml.executors.ProcessExecutor`.
@@ -438,6 +440,9 @@ def _executor(
         return ThreadExecutor(1 if workers is None else workers, intra_op_threads=intra_op_threads)
     if executor == "process":
         return ProcessExecutor(1 if workers is None else workers, intra_op_threads=intra_op_threads)
+    if executor == "ray":
+        return RayExecutor(1 if workers is None else workers, intra_op_threads=intra_op_threads)
     raise ValueError(
-        f"executor must be 'auto', 'inline', 'thread', 'process' or an Executor, not {executor!r}"
+        "executor must be 'auto', 'inline', 'thread', 'process', 'ray' or an Executor, "
+        f"not {executor!r}"
     )

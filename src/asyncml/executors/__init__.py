@@ -7,6 +7,7 @@ from .._model import ModelSpec
 from ._base import BatchDone, Executor
 from ._inline import InlineExecutor
 from ._process import ProcessExecutor
+from ._ray import RayExecutor
 from ._thread import ThreadExecutor
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "InlineExecutor",
     "ModelSpec",
     "ProcessExecutor",
+    "RayExecutor",
     "ThreadExecutor",
     "arun_batch",
     "run_batch",
