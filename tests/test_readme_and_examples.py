@@ -59,6 +59,8 @@ EXPECTED = {
     "parallel_map.py": r"C=0.01 .*C=10.0 .*best C=",
     "pipeline_digits.py": r"797 items in .*: 797 outputs, 0 failed; held-out accuracy 9\d\.\d%"
     r".*fetch +797 done, [1-9]\d* retries",
+    "ray_digits.py": r"64 clients classified 4,495 digits on 2 Ray actors .* accuracy 9\d\.\d%"
+    r".*actor \S+:\d+ served [1-9].*actor \S+:\d+ served [1-9]",
     "serve_digits.py": r"serving 'digits' at .*2,000 answered, accuracy 9\d\.\d%.*stopped",
 }
 

@@ -153,7 +153,7 @@ class RayExecutor(Executor):
         self._spec: ModelSpec | None = None
         self._owns_ray = False
         self._live: set[_Actor] = set()  # every actor not yet killed, for a hard stop
-        self._drivers: set[asyncio.Task[None]] = set()  # owned: aclose awaits each one
+        self._drivers: list[asyncio.Task[None]] = []  # owned: aclose awaits each one
         self._slots = 0  # drivers that hold or are starting an actor
         self._starting = 0  # drivers starting an actor for a larger pool
         self._idle = 0  # drivers waiting for a part
@@ -199,10 +199,12 @@ class RayExecutor(Executor):
             closed = self._recovery.closed("was closed before the item ran")
             self._recovery.fail_all(self._drain(), closed)
             await self._kill(list(self._live))  # running parts fail with Closed
-        for _ in self._drivers:
-            self._parts.put_nowait(None)
+        for driver in self._drivers:
+            if not driver.done():
+                self._parts.put_nowait(None)
         drivers = asyncio.gather(*self._drivers)
         await wait_shielded(drivers)
+        await self._kill(list(self._live))  # none, unless a driver failed
         if self._owns_ray:
             await asyncio.to_thread(self._ray.shutdown)
         drivers.result()  # a driver's own failure (its part has failed already)
@@ -273,8 +275,9 @@ class RayExecutor(Executor):
     def _drive(self, actor: _Actor | None) -> None:
         self._slots += 1
         task = asyncio.get_running_loop().create_task(self._run_actor(actor))
-        self._drivers.add(task)
-        task.add_done_callback(self._drivers.discard)
+        # Finished drivers are dropped, unless aclose must raise what one raised.
+        self._drivers = [d for d in self._drivers if not d.done() or d.cancelled() or d.exception()]
+        self._drivers.append(task)
 
     async def _run_actor(self, actor: _Actor | None) -> None:
         """Feeds one actor slot until the pool closes or the slot retires. A dead actor is
@@ -295,7 +298,8 @@ class RayExecutor(Executor):
             except BaseException as exc:  # a failure of ours: the part still gets its outcome
                 name = self._spec.name if self._spec else "?"
                 self._recovery.fail(part, ModelError.from_exception(exc, model=name))
-                raise
+                self._slots -= 1
+                raise  # to aclose, which also stops the actor
             else:
                 self.served[actor.info.label()] += 1
                 self._recovery.finished(part, outcome)
