@@ -69,6 +69,10 @@ async def test_infer_validation_errors_name_the_field() -> None:
         cases = [
             ({"inputs": []}, "inputs"),
             ({"inputs": [tensor("x", [2], "FP99", [1, 2])]}, "inputs.0.datatype"),
+            (
+                {"inputs": [{**tensor("x", [2], "FP32", [1, 2]), "datatype": {}}]},
+                "inputs.0.datatype",
+            ),
             ({"inputs": [tensor("x", [3], "FP32", [1, 2])]}, "inputs.0.data"),
             ({"inputs": [tensor("x", [2], "FP32", ["a", "b"])]}, "inputs.0.data"),
             ({"inputs": [tensor("x", "2", "FP32", [1, 2])]}, "inputs.0.shape"),

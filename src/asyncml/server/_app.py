@@ -76,7 +76,7 @@ class ServingApp(Starlette):
             route("/healthz", "healthz", _health.Live()),
             route("/readyz", "readyz", _health.Ready(models)),
             route("/metrics", "metrics", _health.Metrics(self.metrics_registry)),
-            route("/openapi.json", "openapi", OpenAPI(names)),
+            route("/openapi.json", "openapi", OpenAPI(names, options)),
         ]
 
     @asynccontextmanager

@@ -1,11 +1,17 @@
-"""The OpenAPI 3.1 document served at ``/openapi.json``."""
+"""The OpenAPI 3.1 document served at ``/openapi.json``.
+
+It describes every route with its request body, its parameters and every status it can
+answer, with the JSON schema of each body, so that generated clients and schema-driven test
+tools (e.g. schemathesis) can rely on it.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ._http import Receive, Reply, Scope, dump_json
-from ._options import SERVER_VERSION
+from ._models import State
+from ._options import SERVER_VERSION, ServingOptions
 from ._v2_codec import DATATYPES
 
 _ERROR = {
@@ -17,16 +23,21 @@ _ERROR = {
         "field": {"type": "string", "description": "the request field at fault (422)"},
     },
 }
-_TENSOR = {
-    "type": "object",
-    "required": ["name", "shape", "datatype"],
-    "properties": {
-        "name": {"type": "string"},
-        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-        "datatype": {"enum": list(DATATYPES)},
-        "data": {"type": "array", "description": "row-major values, flat or nested"},
-        "parameters": {"type": "object"},
-    },
+_REASONS = {
+    400: "malformed request (e.g. invalid JSON)",
+    404: "no such model (or version)",
+    413: "body over the size limit",
+    415: "unsupported content type",
+    422: "invalid field (named in 'field')",
+    500: "the model failed for an item",
+    503: "overloaded, loading, failed or shutting down: retry after Retry-After seconds",
+    504: "the deadline passed before the item ran",
+}
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "seconds to wait before retrying",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    }
 }
 _TIMEOUT_HEADER = {
     "name": "X-Request-Timeout",
@@ -35,47 +46,132 @@ _TIMEOUT_HEADER = {
     "description": "Seconds until the request's items are dropped (answered 504) if not run",
     "schema": {"type": "number", "exclusiveMinimum": 0},
 }
+_MODEL_STATE = {
+    "type": "object",
+    "required": ["name", "state"],
+    "properties": {
+        "name": {"type": "string"},
+        "state": {"enum": [state.value for state in State]},
+        "error": {"type": "string", "description": "why it failed (state 'failed')"},
+    },
+}
+_MODEL_STATES = {
+    "type": "object",
+    "required": ["models"],
+    "properties": {"models": {"type": "array", "items": _MODEL_STATE}},
+}
+_READINESS = {
+    "type": "object",
+    "required": ["status", "models"],
+    "properties": {
+        "status": {"enum": ["ready", "not ready"]},
+        "models": {"type": "array", "items": _MODEL_STATE},
+    },
+}
+_OUTPUT_TENSOR = {
+    "type": "object",
+    "required": ["name", "shape", "datatype"],
+    "properties": {
+        "name": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "datatype": {"enum": list(DATATYPES)},
+        "data": {"type": "array", "description": "row-major values, flat"},
+        "parameters": {
+            "type": "object",
+            "properties": {"binary_data_size": {"type": "integer", "minimum": 0}},
+        },
+    },
+}
 
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+def _json(schema: dict[str, Any], description: str = "") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
-    reasons = {
-        400: "malformed request (e.g. invalid JSON)",
-        404: "no such model",
-        413: "body over the size limit",
-        415: "unsupported content type",
-        422: "invalid field (named in 'field')",
-        500: "the model failed for an item",
-        503: "overloaded, loading or shutting down: retry after Retry-After seconds",
-        504: "the deadline passed before the item ran",
-    }
-    return {
-        str(s): {
-            "description": reasons[s],
-            "content": {"application/json": {"schema": _ref("Error")}},
-        }
-        for s in statuses
-    }
+    responses = {}
+    for status in statuses:
+        response = _json(_ref("Error"), _REASONS[status])
+        if status == 503:
+            response["headers"] = _RETRY_AFTER
+        responses[str(status)] = response
+    return responses
 
 
-def openapi_document(model_names: list[str]) -> dict[str, Any]:
+def openapi_document(model_names: list[str], options: ServingOptions) -> dict[str, Any]:
     """The document, with the served models' names as the ``name`` parameter's values."""
     name = {"name": "name", "in": "path", "required": True, "schema": {"enum": model_names}}
-    json_body: dict[str, Any] = {"application/json": {"schema": {}}}
+    version = {"name": "version", "in": "path", "required": True, "schema": {"enum": ["1"]}}
     every_error = _errors(400, 404, 413, 415, 422, 500, 503, 504)
+    max_items = options.max_items_per_request
 
-    def get(summary: str, statuses: tuple[int, ...] = (200,), *params: Any) -> dict[str, Any]:
-        responses = {str(s): {"description": "", "content": json_body} for s in statuses}
-        return {"get": {"summary": summary, "parameters": list(params), "responses": responses}}
+    def get(summary: str, ok: dict[str, Any], *extra: tuple[int, Any]) -> dict[str, Any]:
+        responses: dict[str, Any] = {"200": _json(ok)}
+        for status, schema in extra:
+            responses[str(status)] = _json(schema, _REASONS.get(status, ""))
+        return {"get": {"summary": summary, "responses": responses}}
 
+    def with_params(operation: dict[str, Any], *params: dict[str, Any]) -> dict[str, Any]:
+        for method in operation.values():
+            method["parameters"] = list(params)
+        return operation
+
+    def infer(*params: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "post": {
+                "summary": "Inference (Open Inference Protocol): row i of each input is item i",
+                "description": "JSON tensors; or, with the Inference-Header-Content-Length "
+                "header, a JSON header followed by binary tensor data",
+                "parameters": [*params, _TIMEOUT_HEADER],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("InferRequest")}},
+                },
+                "responses": {
+                    "200": {
+                        "description": "the output tensors (binary data follows the JSON "
+                        "header when asked for)",
+                        "content": {
+                            "application/json": {"schema": _ref("InferResponse")},
+                            "application/octet-stream": {},
+                        },
+                    },
+                    **every_error,
+                },
+            }
+        }
+
+    metadata = {
+        "type": "object",
+        "required": ["name", "versions", "platform", "inputs", "outputs"],
+        "properties": {
+            "name": {"type": "string"},
+            "versions": {"type": "array", "items": {"type": "string"}},
+            "platform": {"type": "string"},
+            "inputs": {"type": "array"},
+            "outputs": {"type": "array"},
+        },
+    }
+    model_ready = {
+        "type": "object",
+        "required": ["name", "ready"],
+        "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}},
+    }
+    error = _ref("Error")
+    ready_flag = {
+        "type": "object",
+        "required": ["ready"],
+        "properties": {"ready": {"type": "boolean"}},
+    }
     return {
         "openapi": "3.1.0",
         "info": {"title": "asyncml", "version": SERVER_VERSION},
         "paths": {
-            "/v1/models": get("The served models and their states"),
+            "/v1/models": get("The served models and their states", _MODEL_STATES),
             "/v1/models/{name}/predict": {
                 "post": {
                     "summary": "Runs one item ('input') or a list ('inputs') through a model",
@@ -85,61 +181,125 @@ def openapi_document(model_names: list[str]) -> dict[str, Any]:
                         "content": {"application/json": {"schema": _ref("PredictRequest")}},
                     },
                     "responses": {
-                        "200": {
-                            "description": "the outputs, in input order",
-                            "content": {"application/json": {"schema": _ref("PredictResponse")}},
-                        },
+                        "200": _json(_ref("PredictResponse"), "the outputs, in input order"),
                         **every_error,
                     },
                 }
             },
-            "/v2": get("Server metadata (Open Inference Protocol)"),
-            "/v2/health/live": get("Liveness (Open Inference Protocol)"),
-            "/v2/health/ready": get("Readiness of every model", (200, 503)),
-            "/v2/models/{name}": get("Model metadata", (200, 404), name),
-            "/v2/models/{name}/ready": get("Model readiness", (200, 503), name),
-            "/v2/models/{name}/infer": {
-                "post": {
-                    "summary": "Inference (Open Inference Protocol): row i of each input is item i",
-                    "parameters": [name, _TIMEOUT_HEADER],
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": _ref("InferRequest")}},
+            "/v2": get(
+                "Server metadata (Open Inference Protocol)",
+                {
+                    "type": "object",
+                    "required": ["name", "version", "extensions"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "version": {"type": "string"},
+                        "extensions": {"type": "array", "items": {"type": "string"}},
                     },
-                    "responses": {
-                        "200": {
-                            "description": "the output tensors",
-                            "content": {"application/json": {"schema": _ref("InferResponse")}},
-                        },
-                        **every_error,
-                    },
-                }
-            },
-            "/healthz": get("Liveness: the server answers"),
-            "/readyz": get("Readiness: every model's workers ran setup()", (200, 503)),
+                },
+            ),
+            "/v2/health/live": get(
+                "Liveness (Open Inference Protocol)",
+                {"type": "object", "required": ["live"], "properties": {"live": {"const": True}}},
+            ),
+            "/v2/health/ready": get("Readiness of every model", ready_flag, (503, ready_flag)),
+            "/v2/models/{name}": with_params(get("Model metadata", metadata, (404, error)), name),
+            "/v2/models/{name}/versions/{version}": with_params(
+                get("Model metadata", metadata, (404, error)), name, version
+            ),
+            "/v2/models/{name}/ready": with_params(
+                get("Model readiness", model_ready, (503, model_ready), (404, error)), name
+            ),
+            "/v2/models/{name}/versions/{version}/ready": with_params(
+                get("Model readiness", model_ready, (503, model_ready), (404, error)),
+                name,
+                version,
+            ),
+            "/v2/models/{name}/infer": infer(name),
+            "/v2/models/{name}/versions/{version}/infer": infer(name, version),
+            "/healthz": get(
+                "Liveness: the server answers",
+                {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {"status": {"const": "live"}},
+                },
+            ),
+            "/readyz": get(
+                "Readiness: every model's workers ran setup()", _READINESS, (503, _READINESS)
+            ),
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics",
                     "responses": {"200": {"description": "", "content": {"text/plain": {}}}},
                 }
             },
+            "/openapi.json": get("This document", {"type": "object"}),
         },
         "components": {
             "schemas": {
                 "Error": _ERROR,
                 "PredictRequest": {
                     "type": "object",
+                    "description": "exactly one of 'input' and 'inputs'",
+                    "oneOf": [{"required": ["input"]}, {"required": ["inputs"]}],
                     "properties": {
-                        "input": {"description": "one item"},
-                        "inputs": {"type": "array", "minItems": 1, "description": "items"},
-                        "timeout": {"type": "number", "exclusiveMinimum": 0},
+                        "input": {"description": "one item (any JSON value)"},
+                        "inputs": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": max_items,
+                            "description": "items",
+                        },
+                        "timeout": {
+                            "type": "number",
+                            "exclusiveMinimum": 0,
+                            "description": "seconds",
+                        },
                     },
+                    "additionalProperties": False,
                 },
                 "PredictResponse": {
                     "type": "object",
+                    "description": "'output' for a request with 'input', else 'outputs'",
+                    "oneOf": [{"required": ["output"]}, {"required": ["outputs"]}],
                     "properties": {"output": {}, "outputs": {"type": "array"}},
+                    "additionalProperties": False,
                 },
-                "Tensor": _TENSOR,
+                "Tensor": {
+                    "type": "object",
+                    "required": ["name", "shape", "datatype"],
+                    "properties": {
+                        "name": {"type": "string", "minLength": 1},
+                        "shape": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {"type": "integer", "minimum": 0},
+                        },
+                        "datatype": {"enum": list(DATATYPES)},
+                        "data": {
+                            "type": "array",
+                            "description": "row-major values, flat or nested",
+                        },
+                        "parameters": {
+                            "type": "object",
+                            "properties": {
+                                "binary_data_size": {"type": "integer", "minimum": 0},
+                            },
+                        },
+                    },
+                },
+                "RequestedOutput": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "parameters": {
+                            "type": "object",
+                            "properties": {"binary_data": {"type": "boolean"}},
+                        },
+                    },
+                },
                 "InferRequest": {
                     "type": "object",
                     "required": ["inputs"],
@@ -147,19 +307,27 @@ def openapi_document(model_names: list[str]) -> dict[str, Any]:
                         "id": {"type": "string"},
                         "parameters": {
                             "type": "object",
-                            "properties": {"timeout": {"type": "integer", "description": "µs"}},
+                            "properties": {
+                                "timeout": {
+                                    "type": "number",
+                                    "exclusiveMinimum": 0,
+                                    "description": "microseconds",
+                                },
+                                "binary_data_output": {"type": "boolean"},
+                            },
                         },
                         "inputs": {"type": "array", "minItems": 1, "items": _ref("Tensor")},
-                        "outputs": {"type": "array", "items": {"type": "object"}},
+                        "outputs": {"type": "array", "items": _ref("RequestedOutput")},
                     },
                 },
                 "InferResponse": {
                     "type": "object",
+                    "required": ["model_name", "model_version", "outputs"],
                     "properties": {
                         "model_name": {"type": "string"},
                         "model_version": {"type": "string"},
                         "id": {"type": "string"},
-                        "outputs": {"type": "array", "items": _ref("Tensor")},
+                        "outputs": {"type": "array", "items": _OUTPUT_TENSOR},
                     },
                 },
             }
@@ -170,8 +338,8 @@ def openapi_document(model_names: list[str]) -> dict[str, Any]:
 class OpenAPI:
     """``GET /openapi.json``."""
 
-    def __init__(self, model_names: list[str]):
-        self._body = dump_json(openapi_document(model_names))
+    def __init__(self, model_names: list[str], options: ServingOptions):
+        self._body = dump_json(openapi_document(model_names, options))
 
     async def __call__(self, scope: Scope, receive: Receive) -> Reply:
         return Reply(200, self._body)

@@ -129,7 +129,7 @@ def _decode_tensor(
     ):
         raise invalid(f"{field}.shape", f"must be a non-empty list of sizes >= 0, not {shape!r}")
     datatype = tensor.get("datatype")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         known = ", ".join(DATATYPES)
         raise invalid(f"{field}.datatype", f"must be one of {known}, not {datatype!r}")
     size = math.prod(shape)
