@@ -56,6 +56,9 @@ class ModelStatistics:
     latency: LatencySummary
     #: dead worker processes replaced so far (executors that restart workers; else 0)
     worker_restarts: int = 0
+    #: no worker is left and none could be restarted: every item fails (executors that
+    #: restart workers; else always False)
+    broken: bool = False
 
     @property
     def mean_batch_size(self) -> float:

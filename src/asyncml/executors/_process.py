@@ -108,6 +108,12 @@ class ProcessExecutor(Executor):
     def capacity(self) -> int:
         return self._workers
 
+    @property
+    def broken(self) -> AsyncmlError | None:
+        """The error every item fails with once no worker is left and none could be
+        restarted; ``None`` while the pool can run items."""
+        return self._recovery.broken
+
     def check(self, spec: ModelSpec) -> None:
         require_sync(spec, "process workers")
         try:
