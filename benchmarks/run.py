@@ -16,12 +16,13 @@ import json
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from loadgen import own_peak_rss_bytes
+from ray_systems import RAY_SYSTEMS
 from report import Row, add_ratios, format_table, summarise
 from systems import LIMITS_OWN_THREADS, SYSTEMS, BatchConfig, Job
 from workloads import WORKLOADS, build_model, make_inputs, same_output
@@ -41,6 +42,14 @@ ASYNCML_PROCESS_CONFIGS: dict[str, BatchConfig] = {
     "W2": BatchConfig(workers=2, max_batch_size=128, executor="process"),
     "W3": BatchConfig(workers=2, max_batch_size=128, executor="process"),
 }
+#: asyncml on Ray (``--ray``): two actors of one CPU, the process executor's batch sizes.
+ASYNCML_RAY_CONFIGS: dict[str, BatchConfig] = {
+    name: BatchConfig(workers=2, max_batch_size=config.max_batch_size, executor="ray")
+    for name, config in ASYNCML_PROCESS_CONFIGS.items()
+}
+#: The Ray peers (``--ray``), measured at the workload's most callers with asyncml-ray's
+#: max batch size; both pay Ray's cost per item, so they get ``PER_ITEM_REQUESTS``.
+RAY_PEERS = ("ray-serve-handle", "ray-tasks")
 #: W1 with length-aware batching: queued sentences of similar length go together.
 ASYNCML_LENGTH_CONFIG = BatchConfig(workers=1, max_batch_size=32, length_aware=True)
 #: The settings ``--sweep`` compares.
@@ -55,7 +64,7 @@ SWEEP_CONFIGS = (
 PER_ITEM_REQUESTS = 5_000
 PROCESS_POOL_REQUESTS = 2_000
 QUICK_DIVISOR = 4
-UNBATCHED_PEERS = frozenset({"naive-thread", "thread-pool", "direct-thread"})
+UNBATCHED_PEERS = frozenset({"naive-thread", "thread-pool", "direct-thread", *RAY_PEERS})
 #: Systems measured at each of the workload's caller counts.
 AT_EACH_CALLER_COUNT = (
     "asyncml",
@@ -88,7 +97,7 @@ class Case:
     def config_label(self) -> str | None:
         if self.system.startswith("asyncml"):
             return self.config.label()
-        if self.system == "hand-batcher":
+        if self.system in ("hand-batcher", "ray-serve-handle"):
             return f"max_batch_size={self.config.max_batch_size}"
         return None
 
@@ -106,8 +115,16 @@ def available_workloads() -> list[str]:
     return [name for name in WORKLOADS if name != "W1" or has_w1]
 
 
-def plan(workloads: Sequence[str], *, quick: bool, sweep: bool) -> list[Case]:
-    """The cases of one repeat, in the order they run."""
+def plan(
+    workloads: Sequence[str],
+    *,
+    quick: bool,
+    sweep: bool,
+    ray: bool = False,
+    only: Collection[str] | None = None,
+) -> list[Case]:
+    """The cases of one repeat, in the order they run (``ray``: with the Ray systems;
+    ``only``: just these systems)."""
     cases: list[Case] = []
     for name in workloads:
         workload = WORKLOADS[name]
@@ -123,11 +140,16 @@ def plan(workloads: Sequence[str], *, quick: bool, sweep: bool) -> list[Case]:
         systems += [(system, n) for system in AT_EACH_CALLER_COUNT for n in workload.callers]
         if name == "W1":
             systems += [("asyncml-length", n) for n in workload.callers if n > 1]
+        if ray:
+            systems += [("asyncml-ray", n) for n in workload.callers]
+            systems += [(peer, most) for peer in RAY_PEERS]
         systems.append(("thread-pool", 0))
         if 1 in workload.callers:
             systems.append(("direct-thread", 1))
         divisor = QUICK_DIVISOR if quick else 1
         for system, callers in systems:
+            if only is not None and system not in only:
+                continue
             items = requests
             if system == "naive-process":
                 items = min(items, PROCESS_POOL_REQUESTS // divisor)
@@ -136,6 +158,8 @@ def plan(workloads: Sequence[str], *, quick: bool, sweep: bool) -> list[Case]:
             system_config = {
                 "asyncml-process": ASYNCML_PROCESS_CONFIGS[name],
                 "asyncml-length": ASYNCML_LENGTH_CONFIG,
+                "asyncml-ray": ASYNCML_RAY_CONFIGS[name],
+                "ray-serve-handle": ASYNCML_RAY_CONFIGS[name],
             }.get(system, config)
             cases.append(Case(name, system, callers, items, system_config))
     return cases
@@ -153,7 +177,7 @@ def measure_one(case: Case, cache_dir: Path | None) -> dict[str, Any]:
     # W1 costs ~10 ms a sentence: check a sample of it, every output of the others.
     checked = inputs[:64] if case.workload == "W1" else inputs
     expected = [y for i in range(0, len(checked), 256) for y in predict(checked[i : i + 256])]
-    measurement = SYSTEMS[case.system](
+    measurement = {**SYSTEMS, **RAY_SYSTEMS}[case.system](
         Job(case.workload, predict, inputs, case.callers, case.config, cache_dir)
     )
     peak_rss = own_peak_rss_bytes() + measurement.worker_peak_rss_bytes
@@ -238,6 +262,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--sweep", action="store_true", help="compare asyncml settings instead of systems"
     )
+    parser.add_argument(
+        "--ray",
+        action="store_true",
+        help="also measure asyncml on Ray actors, Ray Serve and Ray tasks (each measurement "
+        "starts a local Ray: slow)",
+    )
+    parser.add_argument("--systems", help="comma-separated systems to measure (default: all)")
     parser.add_argument("--one", metavar="CASE", help=argparse.SUPPRESS)
     parser.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -254,7 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if repeats < 1:
         parser.error("--repeats must be at least 1")
 
-    rows = run_all(plan(workloads, quick=args.quick, sweep=args.sweep), repeats)
+    only = None if args.systems is None else {s.strip() for s in args.systems.split(",")}
+    cases = plan(workloads, quick=args.quick, sweep=args.sweep, ray=args.ray, only=only)
+    rows = run_all(cases, repeats)
     print(format_table(rows), flush=True)
     if args.json is not None:
         args.json.write_text(json.dumps([asdict(row) for row in rows], indent=2) + "\n")

@@ -45,7 +45,7 @@ class BatchConfig:
     workers: int = 1
     max_batch_size: int = 128
     intra_op_threads: int | Literal["auto"] | None = "auto"
-    executor: Literal["thread", "process"] = "thread"
+    executor: Literal["thread", "process", "ray"] = "thread"
     #: length-aware batching: ``item_cost=len`` (the texts of W1)
     length_aware: bool = False
 
@@ -84,7 +84,9 @@ class Job:
 Driver = Callable[[Job], Measurement]
 
 #: Systems that set their own BLAS thread limits; all others run with one BLAS thread.
-LIMITS_OWN_THREADS = frozenset({"asyncml", "asyncml-process", "asyncml-length"})
+LIMITS_OWN_THREADS = frozenset(
+    {"asyncml", "asyncml-process", "asyncml-length", "asyncml-ray", "ray-serve-handle", "ray-tasks"}
+)
 
 
 def ceiling(job: Job) -> Measurement:
