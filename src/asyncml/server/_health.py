@@ -12,8 +12,9 @@ from ._models import Models, State
 def _describe(models: Models) -> list[dict[str, str]]:
     listing = []
     for served in models:
-        entry = {"name": served.name, "state": served.state.value}
-        if served.state is State.FAILED and served.error is not None:
+        state = served.state
+        entry = {"name": served.name, "state": state.value}
+        if state is State.FAILED and served.error is not None:
             entry["error"] = str(served.error)
         listing.append(entry)
     return listing

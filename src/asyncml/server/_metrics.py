@@ -120,9 +120,9 @@ class ServerCollector(Collector):
             labels=["model"],
         )
         for served in self._models:
-            name = served.name
-            ready.add_metric([name], 1.0 if served.state is State.READY else 0.0)
-            if served.state is State.LOADING:
+            name, state = served.name, served.state
+            ready.add_metric([name], 1.0 if state is State.READY else 0.0)
+            if state is State.LOADING:
                 continue
             stats = served.model.statistics()
             workers.add_metric([name], stats.workers)

@@ -3,12 +3,15 @@
 The app starts loading its models when its lifespan starts and serves at once: ``/healthz``
 answers while weights load, ``/readyz`` and every model endpoint answer 503 until the
 model's workers have all run ``setup()``. Models load concurrently; one that fails to start
-stays failed (503, with its error) without taking the others down.
+stays failed (503, with its error) without taking the others down, and so does one whose
+workers have all died with none able to restart (process workers replace a dead worker, and
+the model stays ready while any worker is left).
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import enum
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -35,9 +38,19 @@ class ServedModel:
     def __init__(self, name: str, model: LoadedModel[Any, Any]):
         self.name = name
         self.model = model
-        self.state = State.LOADING
+        self._state = State.LOADING
         self.error: AsyncmlError | None = None
         self._settled = asyncio.Event()  # set once it is ready, failed or stopped
+
+    @property
+    def state(self) -> State:
+        """Where the model is. A ready model whose workers have all died, none of which
+        could be restarted, is failed from then on (read from its statistics, so that
+        probes see it even when no request has run into it)."""
+        if self._state is State.READY and self.model.statistics().broken:
+            message = f"model {self.name!r}: every worker died and none could be restarted"
+            self._fail(SetupError(message, model=self.name))
+        return self._state
 
     def require_ready(self, retry_seconds: float) -> LoadedModel[Any, Any]:
         """The running model.
@@ -45,42 +58,50 @@ class ServedModel:
         Raises:
             Problem: 503 (with ``Retry-After``) unless the model is ready.
         """
-        if self.state is State.READY:
+        if self._state is State.READY:  # not self.state: statistics are no per-request cost
             return self.model
         reason = {
             State.LOADING: "is loading",
             State.FAILED: f"failed: {self.error}",
             State.STOPPING: "is shutting down",
             State.STOPPED: "is stopped",
-        }[self.state]
+        }[self._state]
         raise Problem(
             503, "unavailable", f"model {self.name!r} {reason}", headers=retry_after(retry_seconds)
         )
 
     def note_error(self, error: AsyncmlError) -> None:
-        """Marks the model failed when an item's error says no worker can run it any more."""
-        if isinstance(error, SetupError) and self.state is State.READY:
-            self.state = State.FAILED
-            self.error = error
+        """Marks the model failed when an item's error says that no worker can run it any
+        more: a :class:`SetupError`, which items get only once the last worker has died and
+        could not be restarted. Other errors (an item that kills its worker, a model error,
+        a deadline, overload) leave the model ready."""
+        if isinstance(error, SetupError):
+            self._fail(error)
+
+    def _fail(self, error: AsyncmlError) -> None:
+        if self._state is State.READY:
+            self._state = State.FAILED
+            self.error = copy.copy(error)
+            self.error.index = None  # the model's error, not one item's
 
     async def run(self, stop: asyncio.Event) -> None:
         """Loads the model, serves it until ``stop`` is set, then drains and closes it."""
         try:
             async with self.model:
-                self.state = State.READY
+                self._state = State.READY
                 self._settled.set()
                 await stop.wait()
-                if self.state is State.READY:
-                    self.state = State.STOPPING
+                if self._state is State.READY:
+                    self._state = State.STOPPING
         except AsyncmlError as error:  # setup() failed, or so did close()
-            if self.state is State.LOADING:
-                self.state, self.error = State.FAILED, error
+            if self._state is State.LOADING:
+                self._state, self.error = State.FAILED, error
                 return
             raise
         finally:
             self._settled.set()
-            if self.state is not State.FAILED:
-                self.state = State.STOPPED
+            if self._state is not State.FAILED:
+                self._state = State.STOPPED
 
     async def wait_ready(self) -> None:
         """Returns once the model is ready.
@@ -90,10 +111,10 @@ class ServedModel:
             Closed: it stopped before it was ready.
         """
         await self._settled.wait()
-        if self.state is State.FAILED:
+        if self._state is State.FAILED:
             assert self.error is not None
             raise self.error
-        if self.state is not State.READY:
+        if self._state is not State.READY:
             raise Closed(f"model {self.name!r} stopped before it was ready", model=self.name)
 
 
