@@ -135,3 +135,28 @@ async def test_closing_early_cancels_the_outstanding_calls() -> None:
         await next_outcome
     await outcomes.aclose()
     assert sorted(cancelled) == [0, 1, 2, 3]
+
+
+def test_job_and_io_export_exactly_their_all_with_docstrings() -> None:
+    import inspect
+
+    import asyncml.io
+    import asyncml.job
+
+    for module in (asyncml.job, asyncml.io):
+        public = {name for name in dir(module) if not name.startswith("_")}
+        public -= {name for name in public if inspect.ismodule(getattr(module, name))}
+        assert public == set(module.__all__)
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if inspect.isclass(obj) or inspect.isfunction(obj):
+                assert inspect.getdoc(obj), f"{module.__name__}.{name} has no docstring"
+
+
+def test_importing_the_job_command_loads_no_pyarrow() -> None:
+    import subprocess
+    import sys
+
+    code = "import asyncml.job, asyncml.io, asyncml.cli, sys; print('pyarrow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
