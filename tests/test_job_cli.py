@@ -350,3 +350,15 @@ def test_the_shipped_digits_job_runs(tmp_path: Path) -> None:
     assert {row["prediction"] for row in predictions} == set(range(10))
     dead = read_rows(tmp_path / "out.jsonl.dead.jsonl")
     assert [(d["row"], d["stage"]) for d in dead] == [(1797, "parse"), (1798, "input")]
+
+
+def test_a_job_that_failed_before_its_first_commit_starts_afresh(tmp_path: Path) -> None:
+    given, output = tmp_path / "in.parquet", tmp_path / "out.jsonl"
+    given.write_text("not parquet")
+    failed = invoke(model_ref(tmp_path), "-i", given, "-o", output)
+    assert failed.exit_code == 2
+    assert "is not a readable Parquet file" in failed.stderr
+    write_rows(given, ROWS[:3])
+    again = invoke(model_ref(tmp_path), "-i", given, "-o", output, "--field", "v")
+    assert again.exit_code == 0, again.output
+    assert read_rows(output) == [{"id": i, "prediction": 2 * i} for i in range(3)]

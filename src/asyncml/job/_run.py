@@ -177,17 +177,21 @@ async def run_job(
             await asyncio.to_thread(output.close, remove=True)
         else:
             run = _Run(started, paths, field, id_field, max_failures, on_progress)
-            setup_began = loop.time()
-            if loaded is None:
-                await run.process(
-                    model, None, max_in_flight, chunk_size, commit_rows, commit_interval
-                )
-            else:
-                async with loaded:
-                    setup = loop.time() - setup_began
+            source = await run.open(chunk_size)  # before the model's setup, which may be long
+            try:
+                setup_began = loop.time()
+                if loaded is None:
                     await run.process(
-                        loaded, slice_rows, max_in_flight, chunk_size, commit_rows, commit_interval
+                        model, source, None, max_in_flight, commit_rows, commit_interval
                     )
+                else:
+                    async with loaded:
+                        setup = loop.time() - setup_began
+                        await run.process(
+                            loaded, source, slice_rows, max_in_flight, commit_rows, commit_interval
+                        )
+            finally:
+                await asyncio.shield(asyncio.to_thread(source.close))
             await asyncio.to_thread(output.finish)
             running = loop.time() - setup_began - setup
         finished = True
@@ -281,18 +285,15 @@ class _Run:
         self._max_failures = max_failures
         self._on_progress = on_progress
 
-    async def process(
-        self,
-        model: LoadedModel[Any, Any],
-        slice_rows: int | None,
-        max_in_flight: int,
-        chunk_size: int,
-        commit_rows: int,
-        commit_interval: float,
-    ) -> None:
+    async def open(self, chunk_size: int) -> Source:
+        """The input, at the position the job resumes from.
+
+        Raises:
+            InputError: it cannot be opened, or is not what its extension says.
+        """
         columns = [c for c in (self._field, self._id_field) if c] if self._field else None
         try:
-            source = await asyncio.to_thread(
+            return await asyncio.to_thread(
                 open_source,
                 self._paths.input,
                 position=self._position,
@@ -302,33 +303,41 @@ class _Run:
             )
         except (OSError, ValueError) as error:
             raise InputError(f"cannot read {self._paths.input!r}: {_reason(error)}") from None
+
+    async def process(
+        self,
+        model: LoadedModel[Any, Any],
+        source: Source,
+        slice_rows: int | None,
+        max_in_flight: int,
+        commit_rows: int,
+        commit_interval: float,
+    ) -> None:
+        """Runs every row of ``source`` through ``model``, committing as it goes."""
         loop = asyncio.get_running_loop()
         output = self._output
         committed_rows, committed_at = self._resumed, loop.time()
-        try:
-            self._report(output.tally, self._position, source)
-            async with (
-                contextlib.aclosing(self._chunks(source)) as chunks,
-                contextlib.aclosing(
-                    ordered_outcomes(model, chunks, max_in_flight=max_in_flight)
-                    if slice_rows is None
-                    else sliced_outcomes(
-                        model, chunks, slice_rows=slice_rows, max_in_flight=max_in_flight
-                    )
-                ) as outcomes,
-            ):
-                async for outcome in outcomes:
-                    tally = await asyncio.to_thread(output.add, outcome.tag, outcome)
-                    stop = self._too_many_failures(tally)
-                    due = tally.rows - committed_rows >= commit_rows
-                    if stop or due or loop.time() - committed_at >= commit_interval:
-                        await asyncio.to_thread(output.commit)
-                        committed_rows, committed_at = tally.rows, loop.time()
-                    self._report(tally, outcome.tag.position, source)
-                    if stop is not None:
-                        raise TooManyFailures(stop)
-        finally:
-            await asyncio.shield(asyncio.to_thread(source.close))
+        self._report(output.tally, self._position, source)
+        async with (
+            contextlib.aclosing(self._chunks(source)) as chunks,
+            contextlib.aclosing(
+                ordered_outcomes(model, chunks, max_in_flight=max_in_flight)
+                if slice_rows is None
+                else sliced_outcomes(
+                    model, chunks, slice_rows=slice_rows, max_in_flight=max_in_flight
+                )
+            ) as outcomes,
+        ):
+            async for outcome in outcomes:
+                tally = await asyncio.to_thread(output.add, outcome.tag, outcome)
+                stop = self._too_many_failures(tally)
+                due = tally.rows - committed_rows >= commit_rows
+                if stop or due or loop.time() - committed_at >= commit_interval:
+                    await asyncio.to_thread(output.commit)
+                    committed_rows, committed_at = tally.rows, loop.time()
+                self._report(tally, outcome.tag.position, source)
+                if stop is not None:
+                    raise TooManyFailures(stop)
 
     async def _chunks(self, source: Source) -> AsyncGenerator[tuple[Items, list[Any]], None]:
         while (items := await asyncio.to_thread(self._read, source)) is not None:

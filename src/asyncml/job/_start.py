@@ -150,6 +150,8 @@ def start(
             if resume and not differences(journal.get("fingerprint"), facts["fingerprint"]):
                 return _finished(paths, output_format, id_name, parts, journal, crash)
             existed = False  # a finished job whose clean-up was cut short: start afresh
+        if existed and journal.last() is None:
+            existed = False  # stopped before its first commit: nothing to resume
         if existed:
             commits = _resumable(paths, journal, facts["fingerprint"], resume, parts)
         else:
