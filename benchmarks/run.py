@@ -122,9 +122,10 @@ def plan(
     sweep: bool,
     ray: bool = False,
     only: Collection[str] | None = None,
+    callers: Collection[int] | None = None,
 ) -> list[Case]:
     """The cases of one repeat, in the order they run (``ray``: with the Ray systems;
-    ``only``: just these systems)."""
+    ``only``: just these systems; ``callers``: just these caller counts)."""
     cases: list[Case] = []
     for name in workloads:
         workload = WORKLOADS[name]
@@ -147,13 +148,15 @@ def plan(
         if 1 in workload.callers:
             systems.append(("direct-thread", 1))
         divisor = QUICK_DIVISOR if quick else 1
-        for system, callers in systems:
+        for system, count in systems:
             if only is not None and system not in only:
+                continue
+            if callers is not None and count and count not in callers:
                 continue
             items = requests
             if system == "naive-process":
                 items = min(items, PROCESS_POOL_REQUESTS // divisor)
-            elif callers == 1 or system in UNBATCHED_PEERS:
+            elif count == 1 or system in UNBATCHED_PEERS:
                 items = min(items, PER_ITEM_REQUESTS // divisor)
             system_config = {
                 "asyncml-process": ASYNCML_PROCESS_CONFIGS[name],
@@ -161,7 +164,7 @@ def plan(
                 "asyncml-ray": ASYNCML_RAY_CONFIGS[name],
                 "ray-serve-handle": ASYNCML_RAY_CONFIGS[name],
             }.get(system, config)
-            cases.append(Case(name, system, callers, items, system_config))
+            cases.append(Case(name, system, count, items, system_config))
     return cases
 
 
@@ -269,6 +272,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "starts a local Ray: slow)",
     )
     parser.add_argument("--systems", help="comma-separated systems to measure (default: all)")
+    parser.add_argument(
+        "--callers", help="comma-separated caller counts to measure (default: the workload's)"
+    )
     parser.add_argument("--one", metavar="CASE", help=argparse.SUPPRESS)
     parser.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -286,7 +292,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--repeats must be at least 1")
 
     only = None if args.systems is None else {s.strip() for s in args.systems.split(",")}
-    cases = plan(workloads, quick=args.quick, sweep=args.sweep, ray=args.ray, only=only)
+    counts = None if args.callers is None else {int(n) for n in args.callers.split(",")}
+    cases = plan(
+        workloads, quick=args.quick, sweep=args.sweep, ray=args.ray, only=only, callers=counts
+    )
     rows = run_all(cases, repeats)
     print(format_table(rows), flush=True)
     if args.json is not None:

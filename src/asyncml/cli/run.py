@@ -26,6 +26,7 @@ from .._ref import RefError, resolve
 from ..job import JobError, JobProgress, JobSummary, TooManyFailures, fewer_collections, run_job
 from ..job._run import DEFAULT_COMMIT_ROWS
 from ._app import main
+from ._ray import RayUnavailable, file_modules, ray_for
 
 EXIT_FAILURES = 1
 EXIT_USAGE = 2
@@ -76,10 +77,15 @@ def _max_failures(_ctx: click.Context, _param: click.Parameter, value: str | Non
 )
 @click.option(
     "--executor",
-    type=click.Choice(["auto", "thread", "process"]),
+    type=click.Choice(["auto", "thread", "process", "ray"]),
     default="auto",
     show_default=True,
     help="Where the model runs.",
+)
+@click.option(
+    "--ray-address",
+    metavar="ADDR",
+    help="With --executor ray: the Ray cluster to run on (default: a local Ray).",
 )
 @click.option(
     "--workers",
@@ -136,6 +142,7 @@ def run(
     field: str | None,
     id_field: str | None,
     executor: str,
+    ray_address: str | None,
     workers: int | None,
     batch_size: int | None,
     resume: bool,
@@ -175,13 +182,18 @@ def run(
     console = Console(stderr=True, highlight=False)
     if resume and force:
         _fail("--resume and --force contradict each other: choose one", EXIT_USAGE)
+    if ray_address is not None and executor != "ray":
+        _fail("--ray-address needs --executor ray", EXIT_USAGE)
     try:
         model = resolve(ref)
     except RefError as error:
         _fail(str(error), EXIT_USAGE)
     show_progress = not no_progress and console.is_terminal
     try:
-        with fewer_collections():  # this process is the job's: see asyncml.job._gc
+        with (
+            ray_for(executor, ray_address, file_modules([ref])),
+            fewer_collections(),  # this process is the job's: see asyncml.job._gc
+        ):
             summary = asyncio.run(
                 _run(
                     model.obj,
@@ -207,6 +219,8 @@ def run(
             )
     except KeyboardInterrupt:
         _fail("interrupted: committed work is kept; run again with --resume", EXIT_INTERRUPTED)
+    except RayUnavailable as error:
+        _fail(str(error), EXIT_USAGE)
     except TooManyFailures as error:
         _fail(str(error), EXIT_FAILURES)
     except SetupError as error:

@@ -17,6 +17,7 @@ from .._errors import AsyncmlError, SetupError
 from .._loaded import LoadedModel, load
 from .._ref import RefError, resolve
 from ._app import main
+from ._ray import RayUnavailable, file_modules, ray_for
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -51,11 +52,16 @@ class _OneLineErrors(click.Command):
 )
 @click.option(
     "--executor",
-    type=click.Choice(["auto", "thread", "process"]),
+    type=click.Choice(["auto", "thread", "process", "ray"]),
     default="auto",
     show_default=True,
-    help="Where model code runs: threads, processes (GIL-bound or crash-prone models), or "
-    "auto (threads, or the event loop for async models).",
+    help="Where model code runs: threads, processes (GIL-bound or crash-prone models), Ray "
+    "actors, or auto (threads, or the event loop for async models).",
+)
+@click.option(
+    "--ray-address",
+    metavar="ADDR",
+    help="With --executor ray: the Ray cluster to run on (default: a local Ray).",
 )
 @click.option("--workers", type=click.IntRange(min=1), help="Workers per model (default 1).")
 @click.option(
@@ -103,6 +109,7 @@ def serve(
     host: str,
     port: int,
     executor: str,
+    ray_address: str | None,
     workers: int | None,
     max_batch_size: int | None,
     max_wait: float | None,
@@ -126,6 +133,8 @@ def serve(
       1  a model failed to start (its setup() raised)
       2  bad usage: a wrong option, a REF that does not import or names no model
     """
+    if ray_address is not None and executor != "ray":
+        _fail("--ray-address needs --executor ray", EXIT_USAGE)
     options = {
         "executor": executor,
         "workers": workers,
@@ -142,13 +151,16 @@ def serve(
     except (TypeError, ValueError) as error:
         _fail(str(error), EXIT_USAGE)
     try:
-        _run_until_signalled(
-            app,
-            host=host,
-            port=port,
-            shutdown_timeout=shutdown_timeout,
-            access_log=access_log,
-        )
+        with ray_for(executor, ray_address, file_modules(list(refs))):
+            _run_until_signalled(
+                app,
+                host=host,
+                port=port,
+                shutdown_timeout=shutdown_timeout,
+                access_log=access_log,
+            )
+    except RayUnavailable as error:
+        _fail(str(error), EXIT_USAGE)
     except SetupError as error:
         _fail(str(error), EXIT_FAILED)
     except OSError as error:  # the address is taken, or not ours to bind
