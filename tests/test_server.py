@@ -119,6 +119,28 @@ async def test_validation_errors_are_422_naming_the_field(
     assert error["error"].startswith(f"{field}: ")
 
 
+async def test_near_misses_of_the_inference_paths_get_404_and_other_methods_405() -> None:
+    async with started([asyncml.load(double)]) as running:
+        async with running.http.get(PREDICT) as response:
+            assert response.status == 405
+            assert (await response.json())["type"] == "method_not_allowed"
+        for path in (
+            "/v1/models//predict",
+            "/v1/models/a/b/predict",
+            "/v2/models//infer",
+            "/v2/models/double/versions//infer",
+            "/v2/models/double/version/1/infer",
+        ):
+            status, error, _ = await running.post(path, json={"input": 1})
+            assert (status, error["type"]) == (404, "not_found"), path
+        status, error, _ = await running.post("/v1/models/nope/predict", json={"input": 1})
+        assert (status, error["type"]) == (404, "model_not_found")
+        status, error, _ = await running.post(
+            "/v2/models/double/versions/2/infer", json={"inputs": []}
+        )
+        assert (status, error["type"]) == (404, "model_not_found")
+
+
 async def test_a_bad_timeout_header_is_422_naming_the_header() -> None:
     async with started([asyncml.load(double)]) as running:
         headers = {"X-Request-Timeout": "soon"}

@@ -17,6 +17,7 @@ from .._loaded import LoadedModel
 from .._looplag import LoopLagMonitor
 from . import _health, _v1, _v2
 from ._endpoint import Endpoint, Handler
+from ._http import Receive, Scope, Send
 from ._metrics import RequestMetrics, ServerCollector, new_registry
 from ._models import Models
 from ._openapi import OpenAPI
@@ -47,24 +48,64 @@ class ServingApp(Starlette):
             exception_handlers={HTTPException: _http_exception},
         )
 
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The inference endpoints skip Starlette's middleware and router: on a cheap model
+        # they cost more per request than the rest of the server. They handle their own
+        # errors, as the middleware would.
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = self._inference_endpoint(scope)
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+    def _inference_endpoint(self, scope: Scope) -> Endpoint | None:
+        """The endpoint of ``POST /v1/models/{name}/predict`` and of the v2 ``infer`` paths,
+        with ``path_params`` set in ``scope``; ``None`` for other paths."""
+        path: str = scope["path"]
+        root: str = scope.get("root_path", "")
+        if root and path.startswith(root) and path[len(root) : len(root) + 1] == "/":
+            path = path[len(root) :]  # mounted: as Starlette's routing sees the path
+        if path.startswith("/v1/models/") and path.endswith("/predict"):
+            name = path[11:-8]
+            if name and "/" not in name:
+                scope["path_params"] = {"name": name}
+                return self._predict
+        elif path.startswith("/v2/models/") and path.endswith("/infer"):
+            parts = path[11:-6].split("/")
+            if len(parts) == 1 and parts[0]:
+                scope["path_params"] = {"name": parts[0]}
+                return self._infer
+            if len(parts) == 3 and parts[0] and parts[1] == "versions" and parts[2]:
+                scope["path_params"] = {"name": parts[0], "version": parts[2]}
+                return self._infer_version
+        return None
+
     def _routes(self) -> list[BaseRoute]:
         models, options = self.models, self.options
 
-        def route(path: str, name: str, handler: Handler, method: str = "GET") -> Route:
-            endpoint = Endpoint(name, handler, models, self.request_metrics)
-            return Route(path, endpoint, methods=[method], name=name)
+        def endpoint(name: str, handler: Handler) -> Endpoint:
+            return Endpoint(name, handler, models, self.request_metrics)
+
+        def route(path: str, name: str, handler: Handler | Endpoint, method: str = "GET") -> Route:
+            if not isinstance(handler, Endpoint):
+                handler = endpoint(name, handler)
+            return Route(path, handler, methods=[method], name=name)
 
         infer = _v2.Infer(models, options)
+        self._predict = endpoint("v1_predict", _v1.Predict(models, options))
+        self._infer = endpoint("v2_infer", infer)
+        self._infer_version = endpoint("v2_infer_version", infer)
         metadata = _v2.ModelMetadata(models)
         ready = _v2.ModelReady(models)
         model = "/v2/models/{name}"
         versioned = "/v2/models/{name}/versions/{version}"
         names = [served.name for served in models]
-        # The hot paths first: Starlette tries routes in order.
         return [
-            route("/v1/models/{name}/predict", "v1_predict", _v1.Predict(models, options), "POST"),
-            route(f"{model}/infer", "v2_infer", infer, "POST"),
-            route(f"{versioned}/infer", "v2_infer_version", infer, "POST"),
+            # Requests reach these three through __call__; the routes answer other methods.
+            route("/v1/models/{name}/predict", "v1_predict", self._predict, "POST"),
+            route(f"{model}/infer", "v2_infer", self._infer, "POST"),
+            route(f"{versioned}/infer", "v2_infer_version", self._infer_version, "POST"),
             route(model, "v2_model_metadata", metadata),
             route(versioned, "v2_model_version_metadata", metadata),
             route(f"{model}/ready", "v2_model_ready", ready),

@@ -1,18 +1,18 @@
 """Running a request's items through a model: bounded admission, deadlines, disconnects.
 
 Admission never waits: every item is queued with ``call_nowait``, and a full queue refuses
-the whole request at once (503), withdrawing the items it had already queued. While the
-items run, the client's connection is watched: if it goes away, the items are cancelled,
-and the batcher drops those not yet dispatched, so nobody computes an answer no one will
-read. Deadlines travel with the items: the batcher fails an item whose deadline passes
-before its batch is dispatched, without computing it.
+the whole request at once (503), withdrawing the items it had already queued. Once a
+request's items have waited ``WATCH_AFTER`` seconds, the client's connection is watched: if
+it goes away, the items are cancelled, and the batcher drops those not yet dispatched, so
+nobody computes an answer no one will read. Most requests are answered sooner, and never
+pay for a watcher (a task each). Deadlines travel with the items: the batcher fails an item
+whose deadline passes before its batch is dispatched, without computing it.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
-from functools import partial
 from typing import Any
 
 from .._errors import AsyncmlError
@@ -52,12 +52,48 @@ async def run_items(
         _withdraw(futures)
 
 
+#: Seconds a request's items wait before its client's connection is watched.
+WATCH_AFTER = 0.05
+
+
+class _Watch:
+    """Watches for the client's disconnect, from ``WATCH_AFTER`` seconds on: on a disconnect,
+    the request's unfinished items are withdrawn."""
+
+    __slots__ = ("_futures", "_receive", "_task", "_timer")
+
+    def __init__(self, futures: list[asyncio.Future[Any]], receive: Receive):
+        self._futures = futures
+        self._receive = receive
+        self._task: asyncio.Task[bool] | None = None
+        self._timer = asyncio.get_running_loop().call_later(WATCH_AFTER, self._start)
+
+    def _start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(_disconnected(self._receive))
+        self._task.add_done_callback(self._on_done)
+
+    def _on_done(self, task: asyncio.Task[bool]) -> None:
+        if _client_left(task):
+            _withdraw(self._futures)  # at once: cancelling a queued item unqueues it
+
+    @property
+    def client_left(self) -> bool:
+        return self._task is not None and _client_left(self._task)
+
+    def stop(self) -> None:
+        self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
+
+
 async def _outcomes(futures: list[asyncio.Future[Any]], receive: Receive) -> list[Any]:
-    if all(future.done() for future in futures):
+    if len(futures) == 1:
+        future = futures[0]
+        if future.done():
+            return [future.result()]
+    elif all(future.done() for future in futures):
         return [future.result() for future in futures]
-    watcher = asyncio.get_running_loop().create_task(_disconnected(receive))
-    # Runs the moment the client leaves: cancelling a queued item removes it from the queue.
-    watcher.add_done_callback(partial(_on_watcher_done, futures))
+    watch = _Watch(futures, receive)
     try:
         results = []
         for index, future in enumerate(futures):
@@ -70,11 +106,11 @@ async def _outcomes(futures: list[asyncio.Future[Any]], receive: Receive) -> lis
         return results
     except asyncio.CancelledError:
         task = asyncio.current_task()
-        if _client_left(watcher) and task is not None and not task.cancelling():
+        if watch.client_left and task is not None and not task.cancelling():
             raise ClientGone from None  # the future was cancelled by the watcher, not us
         raise
     finally:
-        watcher.cancel()
+        watch.stop()
 
 
 async def _disconnected(receive: Receive) -> bool:
@@ -86,11 +122,6 @@ async def _disconnected(receive: Receive) -> bool:
     except Exception:
         return False
     return True
-
-
-def _on_watcher_done(futures: list[asyncio.Future[Any]], watcher: asyncio.Task[bool]) -> None:
-    if _client_left(watcher):
-        _withdraw(futures)
 
 
 def _client_left(watcher: asyncio.Task[bool]) -> bool:

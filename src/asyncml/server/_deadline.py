@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
-from ._http import Scope, header
 from ._problems import invalid
 
 #: The request header that carries a timeout, in seconds.
@@ -27,13 +27,13 @@ def seconds(value: Any, field: str) -> float | None:
     return float(value)
 
 
-def request_timeout(scope: Scope, body_timeout: float | None) -> float | None:
+def request_timeout(headers: Mapping[bytes, bytes], body_timeout: float | None) -> float | None:
     """The tighter of the header's timeout and the body's; ``None`` if neither is given.
 
     Raises:
         Problem: 422 for a header that is not a positive finite number.
     """
-    raw = header(scope, TIMEOUT_HEADER)
+    raw = headers.get(TIMEOUT_HEADER)
     if raw is None:
         return body_timeout
     try:

@@ -9,7 +9,7 @@ milliseconds on one request.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,30 +37,26 @@ class Reply:
     headers: Headers = field(default_factory=list)
 
 
-def header(scope: Scope, name: bytes) -> bytes | None:
-    """The value of request header ``name`` (lower case), or ``None``."""
-    for key, value in scope["headers"]:
-        if key == name:
-            value_bytes: bytes = value
-            return value_bytes
-    return None
+def request_headers(scope: Scope) -> dict[bytes, bytes]:
+    """The request's headers by (lower-case) name; of a repeated header, the last."""
+    return dict(scope["headers"])
 
 
-def media_type(scope: Scope) -> bytes | None:
+def media_type(headers: Mapping[bytes, bytes]) -> bytes | None:
     """The request's content type without parameters, lower case; ``None`` if absent."""
-    value = header(scope, b"content-type")
+    value = headers.get(b"content-type")
     if value is None:
         return None
     return value.split(b";", 1)[0].strip().lower()
 
 
-def require_json(scope: Scope) -> None:
+def require_json(headers: Mapping[bytes, bytes]) -> None:
     """Accepts JSON bodies, or bodies sent without a content type.
 
     Raises:
         Problem: 415 for any other content type.
     """
-    kind = media_type(scope)
+    kind = media_type(headers)
     if kind is None or kind == JSON or kind.endswith(b"+json"):
         return
     raise Problem(
@@ -70,7 +66,7 @@ def require_json(scope: Scope) -> None:
     )
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+async def read_body(headers: Mapping[bytes, bytes], receive: Receive, limit: int) -> bytes:
     """The whole request body, refusing it once it exceeds ``limit`` bytes.
 
     Raises:
@@ -78,7 +74,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             400 for a malformed ``Content-Length``.
         ClientGone: the client disconnected first.
     """
-    declared = header(scope, b"content-length")
+    declared = headers.get(b"content-length")
     if declared is not None:
         try:
             size = int(declared)
@@ -126,21 +122,22 @@ def parse_json(body: bytes) -> Any:
         raise Problem(400, "invalid_json", f"the request body is not valid JSON: {error}") from None
 
 
-async def off_loop_if_large(size: int, fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)``, run in a thread when ``size`` bytes make it slow enough to stall the
-    event loop, inline otherwise (a thread hop costs more than a small parse)."""
-    if size >= OFF_LOOP_BYTES:
-        return await asyncio.to_thread(fn, *args)
-    return fn(*args)
+def is_large(body: bytes) -> bool:
+    """Whether parsing ``body`` (or encoding its reply) would stall the event loop long
+    enough to be worth a thread hop (which costs more than a small parse)."""
+    return len(body) >= OFF_LOOP_BYTES
+
+
+async def off_loop(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a thread (for a large body: see :func:`is_large`)."""
+    return await asyncio.to_thread(fn, *args)
 
 
 async def send_reply(send: Send, reply: Reply) -> None:
     """Sends ``reply`` as one complete response."""
-    headers = [
-        (b"content-type", reply.content_type),
-        (b"content-length", str(len(reply.body)).encode()),
-        *reply.headers,
-    ]
+    headers = [(b"content-type", reply.content_type), (b"content-length", b"%d" % len(reply.body))]
+    if reply.headers:
+        headers += reply.headers
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     await send({"type": "http.response.body", "body": reply.body})
 

@@ -85,6 +85,7 @@ async def serving(
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     access_log: bool = False,
+    proxy_headers: bool = False,
     handle_signals: bool = False,
 ) -> AsyncIterator[RunningServer]:
     """Serves the ASGI ``app`` from this event loop while the block runs.
@@ -100,6 +101,9 @@ async def serving(
         shutdown_timeout: seconds in-flight requests get to finish when stopping.
         max_connections: connections served at once; uvicorn answers 503 beyond it.
         access_log: log each request (uvicorn's access log).
+        proxy_headers: take the client's address and scheme from ``X-Forwarded-For`` and
+            ``X-Forwarded-Proto`` when a proxy on 127.0.0.1 sends them (off by default: it
+            costs time on every request, and asyncml's endpoints do not use them).
         handle_signals: stop on SIGTERM and SIGINT (main thread only).
 
     Raises:
@@ -116,6 +120,11 @@ async def serving(
         log_config=None,
         timeout_graceful_shutdown=math.ceil(shutdown_timeout),
         limit_concurrency=max_connections,
+        # Per request, each costs more than a cheap model's whole batch share: the proxy
+        # headers middleware parses the client address and scans the headers, and the
+        # Server header is one more to validate and write.
+        proxy_headers=proxy_headers,
+        server_header=False,
     )
     server = _Uvicorn(config, handle_signals=handle_signals)
 
@@ -152,6 +161,7 @@ async def serve(
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     access_log: bool = False,
+    proxy_headers: bool = False,
 ) -> None:
     """Serves ``app`` until SIGTERM or SIGINT, then stops gracefully and returns.
 
@@ -164,6 +174,7 @@ async def serve(
         shutdown_timeout=shutdown_timeout,
         max_connections=max_connections,
         access_log=access_log,
+        proxy_headers=proxy_headers,
         handle_signals=True,
     ) as server:
         await server.wait_stopped()

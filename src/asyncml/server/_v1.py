@@ -18,9 +18,11 @@ from ._http import (
     Reply,
     Scope,
     dump_json,
-    off_loop_if_large,
+    is_large,
+    off_loop,
     parse_json,
     read_body,
+    request_headers,
     require_json,
 )
 from ._models import Models
@@ -79,17 +81,19 @@ class Predict:
         options = self._options
         served = self._models.get(scope["path_params"]["name"])
         model = served.require_ready(options.retry_after)
-        require_json(scope)
-        body = await read_body(scope, receive, options.max_body_size)
-        document = await off_loop_if_large(len(body), parse_json, body)
+        headers = request_headers(scope)
+        require_json(headers)
+        body = await read_body(headers, receive, options.max_body_size)
+        large = is_large(body)
+        document = await off_loop(parse_json, body) if large else parse_json(body)
         request = parse_predict(document, options.max_items_per_request)
         outputs = await run_items(
             served,
             model,
             request.items,
-            item_timeout=request_timeout(scope, request.timeout),
+            item_timeout=request_timeout(headers, request.timeout),
             receive=receive,
             retry_seconds=options.retry_after,
         )
         payload = {"output": outputs[0]} if request.single else {"outputs": outputs}
-        return Reply(200, await off_loop_if_large(len(body), dump_json, payload))
+        return Reply(200, await off_loop(dump_json, payload) if large else dump_json(payload))

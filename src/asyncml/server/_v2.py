@@ -9,18 +9,21 @@ sends it) or the ``X-Request-Timeout`` header in seconds.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from ._calls import run_items
 from ._deadline import request_timeout
 from ._http import (
     Receive,
     Reply,
     Scope,
-    header,
+    is_large,
     json_reply,
     media_type,
-    off_loop_if_large,
+    off_loop,
     parse_json,
     read_body,
+    request_headers,
     require_json,
 )
 from ._models import Models, ServedModel, State
@@ -57,40 +60,47 @@ class Infer:
         options = self._options
         served = _served(self._models, scope)
         model = served.require_ready(options.retry_after)
-        json_length = _json_length(scope)
-        body = await read_body(scope, receive, options.max_body_size)
+        headers = request_headers(scope)
+        json_length = _json_length(headers)
+        body = await read_body(headers, receive, options.max_body_size)
         if json_length is not None and json_length > len(body):
             raise Problem(400, "bad_request", "Inference-Header-Content-Length exceeds the body")
-        request = await off_loop_if_large(len(body), _decode, body, json_length, options)
+        large = is_large(body)
+        if large:
+            request = await off_loop(_decode, body, json_length, options)
+        else:
+            request = _decode(body, json_length, options)
         outputs = await run_items(
             served,
             model,
             request.items,
-            item_timeout=request_timeout(scope, request.timeout),
+            item_timeout=request_timeout(headers, request.timeout),
             receive=receive,
             retry_seconds=options.retry_after,
         )
-        content, header_length = await off_loop_if_large(
-            len(body), encode_response, served.name, request, outputs
-        )
+        if large:
+            encoded = await off_loop(encode_response, served.name, request, outputs)
+        else:
+            encoded = encode_response(served.name, request, outputs)
+        content, header_length = encoded
         if header_length is None:
             return Reply(200, content)
         extra = [(HEADER_LENGTH, str(header_length).encode())]
         return Reply(200, content, _OCTET_STREAM, extra)
 
 
-def _json_length(scope: Scope) -> int | None:
+def _json_length(headers: Mapping[bytes, bytes]) -> int | None:
     """The JSON header's length for a body with binary data; ``None`` for a JSON body.
 
     Raises:
         Problem: 400 for a malformed length, 415 for a content type that is neither.
     """
-    raw = header(scope, HEADER_LENGTH)
+    raw = headers.get(HEADER_LENGTH)
     if raw is None:
-        require_json(scope)
+        require_json(headers)
         return None
-    if media_type(scope) not in (None, _OCTET_STREAM, b"application/json"):
-        require_json(scope)
+    if media_type(headers) not in (None, _OCTET_STREAM, b"application/json"):
+        require_json(headers)
     try:
         length = int(raw)
     except ValueError:
