@@ -41,7 +41,14 @@ from workloads import build_model
 
 HERE = Path(__file__).resolve().parent
 #: Packages each system needs; systems whose packages are missing are skipped.
-NEEDS = {"asyncml": (), "litserve": ("litserve",), "ray-serve": ("ray",)}
+NEEDS = {
+    "asyncml": (),
+    "asyncml-inprocess": (),
+    "litserve": ("litserve",),
+    "ray-serve": ("ray",),
+}
+#: Not a peer: asyncml's model called in-process, the reference for what HTTP costs.
+INPROCESS = "asyncml-inprocess"
 CLOSED_CONNECTIONS = (64, 256)
 POISSON_LOADS = (0.5, 0.8, 0.95)
 OVERLOAD = 10.0
@@ -81,6 +88,12 @@ class Row:
     wrong: int
     runs: list[float] = field(default_factory=list)
     server_peak_rss_mb: float | None = None
+    #: asyncml rows: median over repeats of items/s over the best peer's in that repeat
+    x_best_peer: float | None = None
+    #: asyncml rows: median over repeats of p99 over the lowest peer p99 in that repeat
+    p99_x_best_peer: float | None = None
+    #: asyncml closed-loop rows: median over repeats of items/s over in-process asyncml's
+    x_inprocess: float | None = None
 
 
 def available(systems: Sequence[str]) -> list[str]:
@@ -187,6 +200,8 @@ def measure(
     """Every load run of one system on one workload, against one server process."""
     from workloads import make_inputs
 
+    if system == INPROCESS:
+        return measure_inprocess(workload, repeat, cache, seconds)
     probe = json.dumps({"input": _jsonable(make_inputs(workload, 1, cache)[0])}).encode()
     server = ServerProcess(system, workload, cache, cache / f"{system}-{workload}.log")
     runs: list[Run] = []
@@ -235,6 +250,32 @@ def measure(
     return runs
 
 
+def measure_inprocess(workload: str, repeat: int, cache: Path, seconds: float) -> list[Run]:
+    """asyncml's model driven in one process by closed-loop callers, without HTTP."""
+    runs = []
+    for callers in CLOSED_CONNECTIONS:
+        result = load("-", workload, cache, "inprocess", callers, seconds)
+        runs.append(
+            Run(
+                workload,
+                INPROCESS,
+                f"closed {callers}",
+                repeat,
+                None,
+                result["items_per_s"],
+                result["p50_ms"],
+                result["p99_ms"],
+                result["statuses"],
+                result["wrong"],
+            )
+        )
+        _progress(
+            f"  {workload} {INPROCESS} closed {callers:<7} {result['items_per_s']:8,.0f}/s "
+            f"p50 {result['p50_ms']:.1f} ms p99 {result['p99_ms']:.1f} ms"
+        )
+    return runs
+
+
 def _jsonable(item: Any) -> Any:
     return item.tolist() if hasattr(item, "tolist") else item
 
@@ -243,56 +284,73 @@ def summarise(runs: list[Run]) -> list[Row]:
     groups: dict[tuple[str, str, str], list[Run]] = {}
     for run in runs:
         groups.setdefault((run.workload, run.system, run.mode), []).append(run)
+    by_repeat = {(r.workload, r.system, r.mode, r.repeat): r for r in runs}
     rows = []
     for (workload, system, mode), group in groups.items():
-
-        def median(values: list[float | None]) -> float | None:
-            present = [v for v in values if v is not None]
-            return statistics.median(present) if present else None
-
-        rows.append(
-            Row(
-                workload,
-                system,
-                mode,
-                statistics.median(r.items_per_s for r in group),
-                median([r.p50_ms for r in group]),
-                median([r.p99_ms for r in group]),
-                sum(r.statuses.get("503", 0) for r in group),
-                sum(n for r in group for s, n in r.statuses.items() if s not in ("200", "503")),
-                sum(r.wrong for r in group),
-                [round(r.items_per_s) for r in group],
-                median([r.server_peak_rss_mb for r in group]),
-            )
+        row = Row(
+            workload,
+            system,
+            mode,
+            statistics.median(r.items_per_s for r in group),
+            _median([r.p50_ms for r in group]),
+            _median([r.p99_ms for r in group]),
+            sum(r.statuses.get("503", 0) for r in group),
+            sum(n for r in group for s, n in r.statuses.items() if s not in ("200", "503")),
+            sum(r.wrong for r in group),
+            [round(r.items_per_s) for r in group],
+            _median([r.server_peak_rss_mb for r in group]),
         )
+        if system == "asyncml":
+            to_peer, p99_to_peer, to_inprocess = [], [], []
+            for run in group:
+                peers = [
+                    r
+                    for (w, s, m, repeat), r in by_repeat.items()
+                    if (w, m, repeat) == (workload, mode, run.repeat) and _is_peer(s)
+                ]
+                if peers:
+                    to_peer.append(run.items_per_s / max(p.items_per_s for p in peers))
+                    p99s = [p.p99_ms for p in peers if p.p99_ms]
+                    if run.p99_ms and p99s:
+                        p99_to_peer.append(run.p99_ms / min(p99s))
+                inprocess = by_repeat.get((workload, INPROCESS, mode, run.repeat))
+                if inprocess is not None and inprocess.items_per_s:
+                    to_inprocess.append(run.items_per_s / inprocess.items_per_s)
+            row.x_best_peer = _median(to_peer)
+            row.p99_x_best_peer = _median(p99_to_peer)
+            row.x_inprocess = _median(to_inprocess)
+        rows.append(row)
     return rows
+
+
+def _is_peer(system: str) -> bool:
+    return system not in ("asyncml", INPROCESS)
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
 
 
 def format_table(rows: list[Row]) -> str:
     lines = [
-        "| workload | system | load | items/s | p50 ms | p99 ms | p99/p50 | x best peer | "
-        "refused (503) | server RSS MB |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| workload | system | load | items/s | per repeat | p50 ms | p99 ms | p99/p50 | "
+        "x best peer | p99 x best peer | x in-process | refused (503) | server RSS MB |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    best_peer: dict[tuple[str, str], float] = {}
-    for row in rows:
-        if row.system != "asyncml":
-            key = (row.workload, row.mode)
-            best_peer[key] = max(best_peer.get(key, 0.0), row.items_per_s)
 
     def number(value: float | None, digits: int = 1) -> str:
         return "-" if value is None else f"{value:,.{digits}f}"
 
     for row in rows:
-        ratio = None
-        if row.system == "asyncml" and row.mode.startswith("closed"):
-            peer = best_peer.get((row.workload, row.mode))
-            ratio = row.items_per_s / peer if peer else None
         spread = row.p99_ms / row.p50_ms if row.p99_ms and row.p50_ms else None
+        per_repeat = " / ".join(f"{n:,}" for n in row.runs)
         lines.append(
             f"| {row.workload} | {row.system} | {row.mode} | {row.items_per_s:,.0f} | "
-            f"{number(row.p50_ms)} | {number(row.p99_ms)} | {number(spread)} | "
-            f"{number(ratio)} | {row.refused:,} | {number(row.server_peak_rss_mb, 0)} |"
+            f"{per_repeat} | {number(row.p50_ms)} | {number(row.p99_ms)} | {number(spread)} | "
+            f"{number(row.x_best_peer, 2)} | {number(row.p99_x_best_peer, 2)} | "
+            f"{number(row.x_inprocess, 2)} | {row.refused:,} | "
+            f"{number(row.server_peak_rss_mb, 0)} |"
         )
     return "\n".join(lines)
 

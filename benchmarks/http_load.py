@@ -4,6 +4,7 @@
 
     python benchmarks/http_load.py URL WORKLOAD CACHE_DIR closed CONNECTIONS SECONDS
     python benchmarks/http_load.py URL WORKLOAD CACHE_DIR poisson RATE SECONDS
+    python benchmarks/http_load.py - WORKLOAD CACHE_DIR inprocess CALLERS SECONDS
 
 Prints one JSON object: requests answered, items/s, latency p50/p99 (ms), status counts
 and how many answers were wrong.
@@ -13,12 +14,19 @@ and how many answers were wrong.
 - poisson: requests arrive at exponential intervals (seed 0) at RATE per second for
   SECONDS, whatever the server's pace; each latency runs from the request's scheduled
   arrival, so time spent waiting for a free connection counts (no coordinated omission).
+- inprocess: no HTTP. The model the asyncml server serves (same options) runs in this
+  process, and CALLERS closed-loop coroutines ``await model(item)`` for SECONDS: what the
+  server's HTTP layer costs is the difference.
+
+Expected outputs are computed once per cache folder and kept there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pickle
 import sys
 import time
 from collections import Counter
@@ -44,10 +52,8 @@ class Load:
 
     def __init__(self, workload: str, cache: Path):
         inputs = make_inputs(workload, DISTINCT_INPUTS, cache)
-        predict = build_model(workload, cache)
-        self.expected = [
-            y for i in range(0, len(inputs), 256) for y in predict(inputs[i : i + 256])
-        ]
+        self.inputs = inputs
+        self.expected = _expected(workload, inputs, cache)
         self.bodies = [
             orjson.dumps({"input": x}, option=orjson.OPT_SERIALIZE_NUMPY) for x in inputs
         ]
@@ -67,8 +73,25 @@ class Load:
         self.statuses[status] += 1
         if status == 200:
             self.latencies.append(time.perf_counter() - since)
-            if not same_output(np.asarray(orjson.loads(body)["output"]), self.expected[slot]):
-                self.wrong += 1
+            self.check(slot, orjson.loads(body)["output"])
+
+    def check(self, slot: int, output: Any) -> None:
+        if not same_output(np.asarray(output), self.expected[slot]):
+            self.wrong += 1
+
+
+def _expected(workload: str, inputs: list[Any], cache: Path) -> list[Any]:
+    """The model's own outputs for ``inputs``, computed once per cache folder."""
+    path = cache / f"expected-{workload}-{len(inputs)}.pkl"
+    if path.exists():
+        expected: list[Any] = pickle.loads(path.read_bytes())
+        return expected
+    predict = build_model(workload, cache)
+    expected = [y for i in range(0, len(inputs), 32) for y in predict(inputs[i : i + 32])]
+    partial = path.with_suffix(f".{os.getpid()}")
+    partial.write_bytes(pickle.dumps(expected))
+    partial.replace(path)  # atomic: concurrent runs never read half a file
+    return expected
 
 
 _JSON = {"Content-Type": "application/json"}
@@ -122,12 +145,47 @@ async def poisson(load: Load, url: str, rate: float, seconds: float) -> float:
         return time.perf_counter() - start
 
 
+async def inprocess(load: Load, workload: str, cache: Path, callers: int, seconds: float) -> float:
+    from http_servers import asyncml_model
+
+    async with asyncml_model(workload, cache) as model:
+
+        async def call(index: int, since: float) -> None:
+            slot = index % len(load.inputs)
+            output = await model(load.inputs[slot])
+            load.latencies.append(time.perf_counter() - since)
+            load.statuses[200] += 1
+            load.check(slot, output)
+
+        async with asyncio.TaskGroup() as group:  # warm-up: one call per caller
+            for i in range(callers):
+                group.create_task(call(i, time.perf_counter()))
+        load.latencies.clear()
+        load.statuses.clear()
+        load.wrong = 0
+        start = time.perf_counter()
+        end = start + seconds
+
+        async def caller(first: int) -> None:
+            index = first
+            while (now := time.perf_counter()) < end:
+                await call(index, now)
+                index += callers
+
+        async with asyncio.TaskGroup() as group:
+            for first in range(callers):
+                group.create_task(caller(first))
+        return time.perf_counter() - start
+
+
 def main() -> None:
     url, workload, cache, mode, level, seconds = sys.argv[1:7]
     load = Load(workload, Path(cache))
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         if mode == "closed":
             elapsed = runner.run(closed(load, url, int(level), float(seconds)))
+        elif mode == "inprocess":
+            elapsed = runner.run(inprocess(load, workload, Path(cache), int(level), float(seconds)))
         else:
             elapsed = runner.run(poisson(load, url, float(level), float(seconds)))
     answered = len(load.latencies)

@@ -51,15 +51,20 @@ def one_blas_thread() -> None:
     threadpool_limits(1)
 
 
+def asyncml_model(workload: str, cache: Path) -> Any:
+    """The model asyncml serves (and ``http_load.py inprocess`` calls directly)."""
+    import asyncml
+
+    predict = build_model(workload, cache)
+    return asyncml.load(predict, max_batch_size=MAX_BATCH_SIZE[workload], name="model")
+
+
 def run_asyncml(workload: str, port: int, cache: Path) -> None:
     import uvloop
 
-    import asyncml
     import asyncml.server
 
-    predict = build_model(workload, cache)
-    model = asyncml.load(predict, max_batch_size=MAX_BATCH_SIZE[workload], name="model")
-    app = asyncml.server.create_app([model])
+    app = asyncml.server.create_app([asyncml_model(workload, cache)])
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(asyncml.server.serve(app, port=port, shutdown_timeout=5))
 
