@@ -132,7 +132,9 @@ def test_sigkill_from_outside_while_the_model_runs_then_resume(tmp_path: Path) -
         run.wait(timeout=60)
     assert run.returncode == -signal.SIGKILL
     fifo.unlink()
-    assert 0 < job.journal()[1] <= 176
+    # Commits trail the model (they wait for outcomes in order), so how many rows were
+    # committed when the kill came varies; rows beyond the blocked one never are.
+    assert job.journal()[1] <= 176
     resumed = job.run("--resume", model="hangs_after", ASYNCML_TEST_HANG_AFTER=str(10**9))
     assert resumed.returncode == 0, resumed.stderr
     job.assert_every_row_once()
