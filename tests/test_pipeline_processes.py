@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 
 from asyncml.pipeline import Pipeline, stage
 from tests import process_models
@@ -16,6 +17,7 @@ from tests import process_models
 SCRIPTS = Path(__file__).parent / "scripts"
 
 
+@pytest.mark.timeout(180)  # spawning worker processes is slow on a busy machine
 def test_ctrl_c_stops_a_pipeline_and_leaves_no_process_or_thread() -> None:
     process = subprocess.Popen(
         [sys.executable, str(SCRIPTS / "pipeline_interrupted.py")],
@@ -23,16 +25,21 @@ def test_ctrl_c_stops_a_pipeline_and_leaves_no_process_or_thread() -> None:
         text=True,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")},
     )
-    assert process.stdout is not None
     workers: list[int] = []
-    for line in process.stdout:
-        if line.startswith("worker "):
-            workers.append(int(line.split()[1]))
-        if line.startswith("running"):
-            break
-    assert len(workers) == 2
-    process.send_signal(signal.SIGINT)
-    output, _ = process.communicate(timeout=60)
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith("worker "):
+                workers.append(int(line.split()[1]))
+            if line.startswith("running"):
+                break
+        assert len(workers) == 2
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=120)
+    finally:  # a failed test must not leave the pipeline running (its workers follow it)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
     assert process.returncode == 130, output
     assert output.strip().splitlines()[-1] == "interrupted alive=[]"
     for pid in workers:  # joined by the pipeline before the script exited

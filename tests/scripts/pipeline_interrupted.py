@@ -39,7 +39,7 @@ async def main() -> None:
         stage(parse, executor="thread", workers=2),
         stage(Scorer, executor="process", workers=2),
     )
-    async with pipeline.stream(range(10**9)) as outputs:
+    async with pipeline.stream(range(10**7)) as outputs:  # ends by itself, eventually
         async for output in outputs:
             if output == 3 * 101:
                 print("running", flush=True)

@@ -13,6 +13,8 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+from ..pipeline import Pipeline
+
 #: Bumped when the journal's meaning changes, so old journals are refused.
 VERSION = 1
 
@@ -50,7 +52,13 @@ def differences(recorded: dict[str, Any] | None, current: dict[str, Any]) -> lis
 
 
 def describe_model(model: object) -> tuple[str, str]:
-    """A REF-like name of a model object and the hash of the file that defines it."""
+    """A REF-like name of a model object and the hash of the file that defines it; for a
+    pipeline, its stages' names and one hash over their files."""
+    if isinstance(model, Pipeline):
+        described = [describe_model(stage.fn) for stage in model.stages]
+        names = ", ".join(name for name, _ in described)
+        hashes = "".join(hashed for _, hashed in described).encode()
+        return f"Pipeline({names})", hashlib.sha256(hashes).hexdigest()
     target = model if inspect.isclass(model) or inspect.isfunction(model) else type(model)
     name = f"{getattr(target, '__module__', '?')}:{getattr(target, '__qualname__', '?')}"
     try:

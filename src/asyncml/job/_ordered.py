@@ -1,8 +1,9 @@
 """The step that turns batches of items into their outcomes, in input order.
 
-This is where a job meets whatever computes: a :class:`~asyncml.LoadedModel` (items are
-queued with ``call_nowait``, so its batcher forms the batches) or any async callable of
-one item (each call runs as a task owned here). Outcomes come out batch by batch in input
+This is where a job meets whatever computes: a :class:`~asyncml.LoadedModel` or an open
+:class:`~asyncml.pipeline.Pipeline` (items are queued with ``call_nowait``, so batchers
+form the batches) or any async callable of one item (each call runs as a task owned
+here). Outcomes come out batch by batch in input
 order while later batches are already running, and at most ``max_in_flight`` items (plus
 the batch being queued) are outstanding, so memory stays bounded.
 """
@@ -17,11 +18,12 @@ from typing import Any, Generic, TypeVar
 
 from .._errors import Overloaded
 from .._loaded import LoadedModel, abandon
+from ..pipeline import PipelineService
 
 Tag = TypeVar("Tag")
 
-#: What the step runs: a running model, or an async function of one item.
-ItemRunner = LoadedModel[Any, Any] | Callable[[Any], Awaitable[Any]]
+#: What the step runs: a running model or pipeline, or an async function of one item.
+ItemRunner = LoadedModel[Any, Any] | PipelineService | Callable[[Any], Awaitable[Any]]
 
 DEFAULT_MAX_IN_FLIGHT = 8192
 
@@ -53,7 +55,7 @@ async def ordered_outcomes(
     A failed item does not stop the others: its error is in :attr:`Outcomes.errors`.
     Closing the generator early cancels the items still outstanding.
     """
-    if isinstance(runner, LoadedModel):
+    if isinstance(runner, LoadedModel | PipelineService):
         submit: Callable[[Any], asyncio.Future[Any]] = runner.call_nowait
     else:
         function = runner

@@ -11,6 +11,7 @@ from typing import Any
 
 from .._errors import AsyncmlError, ModelError
 from ..io import BAD_ROW, RowChunk
+from ..pipeline import StageError
 
 #: The output field of a prediction that is not a dict.
 PREDICTION = "prediction"
@@ -111,7 +112,8 @@ def to_records(
             )
         else:
             kind, message = describe(error)
-            dead.append(dead_letter(items.rows[offset], ident, "model", kind, message))
+            stage = error.stage if isinstance(error, StageError) else None
+            dead.append(dead_letter(items.rows[offset], ident, stage or "model", kind, message))
     return records, dead
 
 

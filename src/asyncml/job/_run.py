@@ -20,6 +20,7 @@ from typing import Any
 from .._loaded import ExecutorName, LoadedModel, load
 from .._model import model_spec
 from ..io import Source, open_source
+from ..pipeline import Pipeline
 from ._crash import CrashPoints
 from ._errors import InputError, JobError, TooManyFailures
 from ._fingerprint import describe_model
@@ -149,11 +150,20 @@ async def run_job(
         model_ref, code_hash = model_ref or named, hashed if code_hash is None else code_hash
     id_name = id_field or DEFAULT_ID
     setup = running = 0.0
-    loaded: LoadedModel[Any, Any] | None = None
+    # What computes, not yet started (checked before any file is touched): a model to load,
+    # or a pipeline to open; a running LoadedModel is used as it is.
+    starting: contextlib.AbstractAsyncContextManager[Any] | None = None
     slice_rows: int | None = None
-    if not isinstance(model, LoadedModel):  # checked before any file is touched
+    if isinstance(model, Pipeline):
+        if executor != "auto" or workers is not None or batch_size is not None:
+            raise JobError(
+                f"{model_ref!r} is a pipeline: its stages choose their executors, workers "
+                "and batch sizes (drop --executor, --workers and --batch-size)"
+            )
+        starting = model.open(max_queue=max_in_flight)
+    elif not isinstance(model, LoadedModel):
         try:
-            loaded, slice_rows = _load(model, executor, workers, batch_size, max_in_flight)
+            starting, slice_rows = _load(model, executor, workers, batch_size, max_in_flight)
         except (TypeError, ValueError) as error:
             raise JobError(f"cannot load the model {model_ref!r}: {error}") from error
     started = await asyncio.to_thread(
@@ -180,15 +190,20 @@ async def run_job(
             source = await run.open(chunk_size)  # before the model's setup, which may be long
             try:
                 setup_began = loop.time()
-                if loaded is None:
+                if starting is None:
                     await run.process(
                         model, source, None, max_in_flight, commit_rows, commit_interval
                     )
                 else:
-                    async with loaded:
+                    async with starting as running_model:
                         setup = loop.time() - setup_began
                         await run.process(
-                            loaded, source, slice_rows, max_in_flight, commit_rows, commit_interval
+                            running_model,
+                            source,
+                            slice_rows,
+                            max_in_flight,
+                            commit_rows,
+                            commit_interval,
                         )
             finally:
                 await asyncio.shield(asyncio.to_thread(source.close))

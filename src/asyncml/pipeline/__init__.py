@@ -1,6 +1,6 @@
 """Pipelines: stages chained by bounded queues, with retries, dead letters and progress."""
 
-from ._failures import DeadLetter, JsonlDeadLetters, PipelineFailed
+from ._failures import DeadLetter, JsonlDeadLetters, PipelineFailed, StageError
 from ._fetch import Fetch, HTTPStatusError, RetryableStatus, fetch
 from ._pipeline import Pipeline, PipelineRun
 from ._progress import LogProgress, Progress, RichProgress
@@ -28,6 +28,7 @@ __all__ = [
     "RetryableStatus",
     "RichProgress",
     "Stage",
+    "StageError",
     "StageStatistics",
     "fetch",
     "stage",

@@ -57,6 +57,54 @@ class DeadLetter:
         return orjson.dumps(asdict(self), default=repr, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+class StageError(ModelError):
+    """An item failed for good at a pipeline stage (raised by a :class:`PipelineService`).
+
+    Attributes:
+        stage: the stage's name (also ``model``).
+        attempts: how many times the stage tried the item.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str | None = None,
+        index: int | None = None,
+        cause: BaseException | None = None,
+        cause_type: str | None = None,
+        cause_message: str | None = None,
+        attempts: int | None = None,
+    ):
+        super().__init__(
+            message,
+            model=model,
+            index=index,
+            cause=cause,
+            cause_type=cause_type,
+            cause_message=cause_message,
+        )
+        self.attempts = attempts
+
+    @property
+    def stage(self) -> str | None:
+        return self.model
+
+    @classmethod
+    def of(cls, letter: DeadLetter) -> StageError:
+        return cls(
+            f"stage {letter.stage!r} failed after {letter.attempts} attempt(s): "
+            f"{letter.error_type}: {letter.message}",
+            model=letter.stage,
+            cause_type=letter.error_type,
+            cause_message=letter.message,
+            attempts=letter.attempts,
+        )
+
+    def _context(self) -> dict[str, Any]:
+        return {**super()._context(), "attempts": self.attempts}
+
+
 class PipelineFailed(AsyncmlError):
     """More items failed than ``max_failures`` allows; the pipeline stopped.
 

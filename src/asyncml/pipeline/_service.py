@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from .._errors import Closed, ModelError, Overloaded
-from ._failures import DeadLetter, FailureLimit
+from .._errors import Closed, Overloaded
+from ._failures import DeadLetter, FailureLimit, StageError
 from ._outputs import NOTHING
 
 if TYPE_CHECKING:
@@ -26,8 +26,9 @@ class PipelineService:
     """A running pipeline called item by item; see :meth:`Pipeline.open`.
 
     Returns each item's output, or for a pipeline with a ``flat`` stage the list of its
-    outputs (possibly empty). An item that failed for good raises :class:`ModelError`
-    naming the stage. Leaving the block lets the items already called finish.
+    outputs (possibly empty). An item that failed for good raises :class:`StageError` (a
+    :class:`~asyncml.ModelError`) naming the stage. Leaving the block lets the items
+    already called finish.
     """
 
     def __init__(self, pipeline: Pipeline, *, max_queue: int):
@@ -116,7 +117,7 @@ class PipelineService:
         """Runs ``item`` through every stage, waiting for room first if the pipeline is full.
 
         Raises:
-            ModelError: the item failed for good at a stage.
+            StageError: the item failed for good at a stage.
             Closed: the service closed first.
         """
         room = self._room
@@ -169,7 +170,7 @@ class PipelineService:
                 if future.done():
                     continue  # the caller gave up
                 if letter is not None:
-                    future.set_exception(_failure(letter))
+                    future.set_exception(StageError.of(letter))
                 elif flat:
                     future.set_result(outputs if outputs is not None else _only(output))
                 else:
@@ -180,13 +181,3 @@ class PipelineService:
 
 def _only(output: Any) -> list[Any]:
     return [] if output is NOTHING else [output]
-
-
-def _failure(letter: DeadLetter) -> ModelError:
-    return ModelError(
-        f"stage {letter.stage!r} failed after {letter.attempts} attempt(s): "
-        f"{letter.error_type}: {letter.message}",
-        model=letter.stage,
-        cause_type=letter.error_type,
-        cause_message=letter.message,
-    )
