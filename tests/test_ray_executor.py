@@ -130,6 +130,7 @@ async def process_models_async(batch: list[int]) -> list[int]:
 # -- last: these replace the local Ray with a cluster of three nodes -------------------------
 
 
+@pytest.mark.slow  # starts three nodes: deselect with -m "not slow"
 async def test_batches_spread_over_the_nodes_of_a_cluster(ray_cluster: Any) -> None:  # noqa: F811
     import ray
 

@@ -39,6 +39,8 @@ from ._wire import pack, unpack_outcome
 #: that the copy does not hold up the event loop.
 _PUT_IN_THREAD_BYTES = 1 << 20
 _WORKER = "a Ray actor"
+#: Seconds an actor's model has to close() before the actor is killed.
+_CLOSE_GRACE = 10.0
 
 
 @dataclass(slots=True, eq=False)
@@ -177,7 +179,19 @@ class RayExecutor(Executor):
     async def start(self, spec: ModelSpec) -> None:
         self._spec = spec
         self._recovery.model = spec.name
-        await asyncio.to_thread(self._connect)
+        connecting = asyncio.ensure_future(asyncio.to_thread(self._connect))
+        try:
+            await wait_shielded(connecting)  # a thread cannot be stopped: know how it ended
+        except asyncio.CancelledError:
+            await self._abort()
+            raise
+        try:
+            connecting.result()
+        except Exception as exc:
+            raise SetupError(
+                f"model {spec.name!r}: cannot start Ray: {type(exc).__name__}: {exc}",
+                model=spec.name,
+            ) from exc
         actors: list[_Actor] = []
         starts = [asyncio.ensure_future(self._add_actor(actors)) for _ in range(self._initial)]
         await await_startup(starts, self._abort, model=spec.name, kind="Ray actor")
@@ -215,7 +229,10 @@ class RayExecutor(Executor):
     # -- starting Ray and actors (blocking calls run in a thread) ------------------------------
 
     def _connect(self) -> None:
-        import ray
+        try:
+            import ray
+        except ImportError:
+            raise ImportError("executor='ray' needs Ray: pip install ray") from None
 
         self._ray = ray
         if not ray.is_initialized():
@@ -268,6 +285,7 @@ class RayExecutor(Executor):
         """A start-up failed: no actor is left, nor a Ray that asyncml started."""
         await self._kill(list(self._live))
         if self._owns_ray:
+            self._owns_ray = False
             await asyncio.to_thread(self._ray.shutdown)
 
     # -- drivers: one task per actor -----------------------------------------------------------
@@ -317,10 +335,10 @@ class RayExecutor(Executor):
                 async with asyncio.timeout(self._idle_timeout):
                     return await self._parts.get()
             except TimeoutError:
-                if self._slots > self._min:
+                if self._slots > self._min and self._parts.empty():
                     self._slots -= 1  # retires
                     return None
-                return await self._parts.get()
+                return await self._parts.get()  # a part came as the time ran out
         finally:
             self._idle -= 1
 
@@ -368,9 +386,10 @@ class RayExecutor(Executor):
         """Closes the model in ``actor`` (unless it was killed) and stops the actor."""
         if actor in self._live:
             try:
-                error: ModelError | None = await actor.handle.close.remote()
-            except self._ray.exceptions.RayError:
-                error = None  # it died on its way out: nothing left to close
+                async with asyncio.timeout(_CLOSE_GRACE):
+                    error: ModelError | None = await actor.handle.close.remote()
+            except (TimeoutError, self._ray.exceptions.RayError):
+                error = None  # it hung or died on its way out: it is killed below
             if error is not None:
                 self._close_errors.append(error)
         await self._kill([actor])
