@@ -8,6 +8,7 @@ Every wait is on a condition (answers seen, a statistic reached), bounded by a d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -15,15 +16,27 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 import asyncml
 from tests.scripts import server_workers
-from tests.test_process_executor import worker_processes
 from tests.test_server import Running, started
 
 #: Seconds any one condition may take to hold (workers spawn slowly on a busy machine).
 LIMIT = 60.0
+
+
+def worker_processes() -> list[psutil.Process]:
+    """Our process workers: children that multiprocessing spawned, less its resource tracker
+    (other children, such as a local Ray an earlier test started, are not ours)."""
+    workers = []
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            command = " ".join(child.cmdline())
+            if "spawn_main" in command and "resource_tracker" not in command:
+                workers.append(child)
+    return workers
 
 
 @pytest.fixture(autouse=True)
