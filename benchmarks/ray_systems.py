@@ -9,7 +9,8 @@
 =====================  =====================================================================
 
 Each measurement starts its own local Ray with two CPUs (its temp folder under /tmp, usage
-statistics off), untimed, and shuts it down after. Every Ray system uses two workers with
+statistics off, workers at the same niceness as every other system's), untimed, and shuts
+it down after. Every Ray system uses two workers with
 one CPU and one intra-op thread each: two actors, two Serve replicas, or tasks of one CPU.
 Serve gets ``max_ongoing_requests=1024`` (the default, 5, would cap every batch at 5),
 asyncml's max batch size, no batch wait, and no HTTP proxy.
@@ -40,6 +41,9 @@ RAY_WORKERS = 2
 def local_ray() -> Iterator[Any]:
     """A local Ray with two CPUs for one measurement; shut down and removed after."""
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    # Ray runs its workers at niceness 15: on a machine shared with other work they would
+    # get a fraction of the CPU that the other systems' processes get.
+    os.environ["RAY_worker_niceness"] = "0"  # noqa: SIM112  # Ray spells it so
     here = str(Path(__file__).resolve().parent)  # workers import workloads.py from here
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
