@@ -1,11 +1,11 @@
-"""One real Ray for the whole test session: local, or a simulated cluster of three nodes.
+"""One real Ray for the Ray tests: local, or a simulated cluster of three nodes.
 
 Starting Ray takes seconds, so tests share it: :func:`ray_local` starts a local Ray with two
 CPUs on first use, :func:`ray_cluster` replaces it with three nodes of one CPU each (run
-those tests last). Ray's files go to a folder of ours under /tmp (``RAY_TMPDIR``), so that
-this session never finds, nor disturbs, another Ray on the machine; its workers import the
-test models from the repository (``PYTHONPATH``). At the end of the session Ray is shut
-down and no process of it may be left.
+those tests last), and Ray stops after the last test that uses it, leaving no process
+behind. Ray's files go to a folder of ours under /tmp (``RAY_TMPDIR``), so that these tests
+never find, nor disturb, another Ray on the machine; its workers import the test models
+from the repository (``PYTHONPATH``).
 """
 
 from __future__ import annotations
@@ -136,18 +136,19 @@ def ray_session() -> Iterator[_RaySession]:
 
 
 @pytest.fixture
-def ray_local(ray_session: _RaySession) -> Iterator[None]:
+def ray_local(ray_session: _RaySession, request: pytest.FixtureRequest) -> Iterator[None]:
     """A local Ray with two CPUs; the test must leave no model actor running."""
     ray_session.local()
     yield
     _, alive = psutil.wait_procs(actor_processes(), timeout=EXIT_GRACE_S)
     assert not alive, f"actors outlived the test: {alive}"
+    _stop_unless_needed(ray_session, request)
 
 
 @pytest.fixture
-def ray_cluster(ray_session: _RaySession) -> Iterator[Any]:
+def ray_cluster(ray_session: _RaySession, request: pytest.FixtureRequest) -> Iterator[Any]:
     """A Ray cluster of three nodes with one CPU each, not connected to: connect with its
-    ``address``. It stays up for later cluster tests; the session shuts it down."""
+    ``address``."""
     import ray
 
     cluster = ray_session.three_nodes()
@@ -155,3 +156,20 @@ def ray_cluster(ray_session: _RaySession) -> Iterator[Any]:
     ray.shutdown()
     _, alive = psutil.wait_procs(actor_processes(), timeout=EXIT_GRACE_S)
     assert not alive, f"actors outlived the test: {alive}"
+    _stop_unless_needed(ray_session, request)
+
+
+def _stop_unless_needed(session: _RaySession, request: pytest.FixtureRequest) -> None:
+    """Stops Ray after the last test that uses it: other tests count our child processes
+    (keep the Ray tests together, in the files named test_ray*)."""
+    items = request.session.items
+    later = items[items.index(request.node) + 1 :] if request.node in items else []
+    if not any(_uses_ray(item) for item in later):
+        session.stop()
+
+
+def _uses_ray(item: pytest.Item) -> bool:
+    names = set(getattr(item, "fixturenames", ()))
+    callspec = getattr(item, "callspec", None)
+    by_param = callspec is not None and callspec.params.get("kind") == "ray"
+    return by_param or bool(names & {"ray_local", "ray_cluster", "local_ray_unless_a_cluster"})

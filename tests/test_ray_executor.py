@@ -1,7 +1,7 @@
 """Ray actors, against a real local Ray (two CPUs) and a simulated cluster of three nodes:
 batches cross whole, arrays through the object store, the pool scales between its bounds,
 and no actor outlives its block. The crash contract it shares with process workers is in
-``test_crash_contract``."""
+``test_ray_crash_contract``."""
 
 from __future__ import annotations
 
