@@ -65,6 +65,7 @@ EXPECTED = {
 }
 
 
+@pytest.mark.timeout(180)  # examples that start Ray or worker processes are slow when busy
 @pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.py")), ids=lambda p: p.name)
 def test_every_example_runs(example: Path) -> None:
     assert example.name in EXPECTED, f"add what {example.name} must print to EXPECTED"
