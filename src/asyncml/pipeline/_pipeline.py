@@ -177,10 +177,12 @@ class PipelineRun:
         self._failure_limit = failure_limit
         self._progress = progress
         self._total = total
-        self._file_sink = (
-            JsonlDeadLetters(dead_letters) if isinstance(dead_letters, str | Path) else None
-        )
-        self._sink: DeadLetterSink | None = self._file_sink or dead_letters  # type: ignore[assignment]
+        self._file_sink: JsonlDeadLetters | None = None
+        self._sink: DeadLetterSink | None = None
+        if isinstance(dead_letters, str | Path):
+            self._sink = self._file_sink = JsonlDeadLetters(dead_letters)
+        else:
+            self._sink = dead_letters
         self._letters_waiting: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
