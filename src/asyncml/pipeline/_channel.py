@@ -62,13 +62,8 @@ class Channel:
         self._wake(self._getters)
 
     def expect_retry(self) -> None:
-        """Keeps the channel open until the matching :meth:`put_retry` or :meth:`drop_retry`."""
+        """Keeps the channel open until the matching :meth:`put_retry`."""
         self.retries_pending += 1
-
-    def drop_retry(self) -> None:
-        self.retries_pending -= 1
-        if self.ended:
-            self._wake_all(self._getters)
 
     async def get(self, limit: int) -> list[Item]:
         """Takes 1 to ``limit`` items, waiting while empty; ``[]`` once the channel ended."""
