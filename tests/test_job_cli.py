@@ -1,9 +1,12 @@
-"""``asyncml run`` in-process: formats, ids and fields, dead letters, failure limits, the
-errors that exit 2, and the journal's refusals. Crash tests are in test_job_crash.py."""
+"""``asyncml run`` in-process: formats, ids and fields, dead letters, failure limits,
+progress lines, the errors that exit 2, and the journal's refusals. Crash tests are in
+test_job_crash.py."""
 
 from __future__ import annotations
 
 import contextlib
+import io
+import re
 import sqlite3
 import uuid
 from collections import Counter
@@ -16,8 +19,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner, Result
+from rich.console import Console
 
 from asyncml.cli import main
+from asyncml.cli.run import _ProgressLog
+from asyncml.job import JobProgress
 
 DOUBLE = """
 calls = []
@@ -61,8 +67,12 @@ def committed_rows(journal: Path) -> int:
     return rows
 
 
+#: Variables that would make rich take CliRunner's streams for a terminal.
+NO_TERMINAL: dict[str, str | None] = {"FORCE_COLOR": None, "TTY_COMPATIBLE": None}
+
+
 def invoke(*args: str | Path, input: bytes | None = None) -> Result:
-    return CliRunner().invoke(main, ["run", *map(str, args)], input=input)
+    return CliRunner(env=NO_TERMINAL).invoke(main, ["run", *map(str, args)], input=input)
 
 
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -228,6 +238,78 @@ def test_a_failure_fraction_stops_the_job(tmp_path: Path) -> None:
     )
     assert result.exit_code == 1
     assert "(10.0% of rows)" in result.stderr
+
+
+PROGRESS_LINE = re.compile(
+    r"asyncml run: (?P<rows>[\d,]+)(?: / (?P<total>[\d,]+))? rows \((?P<percent>[\d.]+)%\), "
+    r"(?P<failed>[\d,]+) failed; [\d,]+ rows/s; ETA \d+:\d\d:\d\d"
+)
+
+
+def progress_lines(stderr: str) -> list[re.Match[str]]:
+    return [m for line in stderr.splitlines() if (m := PROGRESS_LINE.fullmatch(line))]
+
+
+@pytest.mark.parametrize(("source", "chunk_size"), [("jsonl", "100"), ("parquet", "10")])
+def test_without_a_terminal_progress_is_logged_as_lines(
+    tmp_path: Path, source: str, chunk_size: str
+) -> None:
+    given, output = tmp_path / f"in.{source}", tmp_path / "out.jsonl"
+    write_rows(given, [{"v": i} for i in range(60)])
+    options = ["--chunk-size", chunk_size, "--progress-interval", "0"]
+    result = invoke(model_ref(tmp_path, "by_row"), "-i", given, "-o", output, *options)
+    assert result.exit_code == 0, result.output
+    lines = progress_lines(result.stderr)
+    assert len(lines) >= 5  # interval 0: one line per chunk, after the first report
+    assert len(result.stderr.splitlines()) == len(lines) + 3  # and the summary's 3 lines
+    rows = [int(line["rows"].replace(",", "")) for line in lines]
+    assert rows == sorted(rows)
+    assert rows[0] > 0
+    assert rows[-1] == 60
+    assert (lines[-1]["percent"], lines[-1]["failed"]) == ("100.0", "1")  # v == 13 fails
+    # Parquet knows its row count; JSONL only its size in bytes, which the percent is of.
+    assert {line["total"] for line in lines} == {"60" if source == "parquet" else None}
+
+
+@pytest.mark.parametrize("options", [["--no-progress", "--progress-interval", "0"], []])
+def test_no_progress_lines_with_no_progress_or_within_the_interval(
+    tmp_path: Path, options: list[str]
+) -> None:
+    given, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_rows(given, ROWS)
+    result = invoke(model_ref(tmp_path), "-i", given, "-o", output, "--field", "v", *options)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines()[0].startswith("asyncml run: 25 rows: 25 ok")
+    assert len(result.stderr.splitlines()) == 2  # the summary only; the default is 10 s
+
+
+def test_progress_lines_count_speed_from_where_a_resumed_run_starts() -> None:
+    now, logged = 100.0, io.StringIO()
+    log = _ProgressLog(Console(file=logged), interval=10, clock=lambda: now)
+
+    def report(at: float, rows: int, failed: int = 0) -> None:
+        nonlocal now
+        now = at
+        log.update(JobProgress(rows, rows - failed, failed, 1_000, rows, 4_000, "rows"))
+
+    report(100, 1_000)  # the run starts where the journal left off: 1,000 rows done
+    report(105, 1_500)  # within the interval: no line
+    report(110, 2_000, failed=3)
+    report(115, 2_500, failed=3)
+    report(121, 3_200, failed=4)
+    # 1,000 rows in 10 s, not 2,000: rows done before the resume are not this run's speed.
+    assert logged.getvalue().splitlines() == [
+        "asyncml run: 2,000 / 4,000 rows (50.0%), 3 failed; 100 rows/s; ETA 0:00:20",
+        "asyncml run: 3,200 / 4,000 rows (80.0%), 4 failed; 105 rows/s; ETA 0:00:08",
+    ]
+
+
+def test_progress_lines_of_a_byte_sized_input_show_its_percent_read() -> None:
+    logged = io.StringIO()
+    log = _ProgressLog(Console(file=logged), interval=0, clock=iter([0.0, 4.0]).__next__)
+    log.update(JobProgress(0, 0, 0, 0, 0, 10_000, "bytes"))
+    log.update(JobProgress(250, 250, 0, 0, 2_500, 10_000, "bytes"))
+    assert logged.getvalue() == "asyncml run: 250 rows (25.0%), 0 failed; 62 rows/s; ETA 0:00:12\n"
 
 
 @pytest.mark.parametrize(

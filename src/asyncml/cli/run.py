@@ -1,12 +1,15 @@
 """``asyncml run``: a model over every row of a file, resumable, each row written once.
 
-A thin wrapper of :func:`asyncml.job.run_job`: it resolves the REF, shows progress with
-rich, prints a summary, and turns errors into one line and an exit code.
+A thin wrapper of :func:`asyncml.job.run_job`: it resolves the REF, shows progress (a rich
+bar on a terminal, a line every few seconds otherwise), prints a summary, and turns errors
+into one line and an exit code.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -31,6 +34,9 @@ from ._ray import RayUnavailable, file_modules, ray_for
 EXIT_FAILURES = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+#: Seconds between progress lines when stderr is not a terminal.
+DEFAULT_PROGRESS_INTERVAL = 10.0
 
 
 def _max_failures(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
@@ -134,7 +140,15 @@ def _max_failures(_ctx: click.Context, _param: click.Parameter, value: str | Non
     metavar="N",
     help="Bytes (JSONL, CSV) or rows (Parquet) read at a time (default 1 MiB, 8192 rows).",
 )
-@click.option("--no-progress", is_flag=True, help="No progress bar (none without a terminal).")
+@click.option(
+    "--progress-interval",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_PROGRESS_INTERVAL,
+    show_default=True,
+    metavar="SECONDS",
+    help="Without a terminal: log a progress line to stderr this often.",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bar, and no progress lines.")
 def run(
     ref: str,
     input_path: str,
@@ -152,6 +166,7 @@ def run(
     journal: str | None,
     commit_every: int,
     chunk_size: int | None,
+    progress_interval: float,
     no_progress: bool,
 ) -> None:
     """Run the model REF over every row of --input into --output.
@@ -188,7 +203,13 @@ def run(
         model = resolve(ref)
     except RefError as error:
         _fail(str(error), EXIT_USAGE)
-    show_progress = not no_progress and console.is_terminal
+    progress: _ProgressBar | _ProgressLog | None = None
+    if not no_progress:
+        # A live bar only where it can redraw itself; logs, pipes and CI get lines.
+        if console.is_terminal:
+            progress = _ProgressBar(console)
+        else:
+            progress = _ProgressLog(console, progress_interval)
     try:
         with (
             ray_for(executor, ray_address, file_modules([ref])),
@@ -197,8 +218,7 @@ def run(
             summary = asyncio.run(
                 _run(
                     model.obj,
-                    console=console,
-                    show_progress=show_progress,
+                    progress=progress,
                     input_path=input_path,
                     output_path=output_path,
                     field=field,
@@ -232,11 +252,13 @@ def run(
     _print_summary(console, summary)
 
 
-async def _run(model: Any, *, console: Console, show_progress: bool, **options: Any) -> JobSummary:
-    if not show_progress:
+async def _run(
+    model: Any, *, progress: _ProgressBar | _ProgressLog | None, **options: Any
+) -> JobSummary:
+    if progress is None:
         return await run_job(model, **options)
-    with _ProgressBar(console) as bar:
-        return await run_job(model, on_progress=bar.update, **options)
+    with progress:
+        return await run_job(model, on_progress=progress.update, **options)
 
 
 class _ProgressBar:
@@ -271,6 +293,71 @@ class _ProgressBar:
             )
         else:
             self._progress.update(self._task, completed=progress.position, rows=rows)
+
+
+class _ProgressLog:
+    """Progress as one line on stderr every ``interval`` seconds, for logs and CI.
+
+    Driven by the job's reports after each chunk (no timer thread): a line is due once
+    ``interval`` seconds have passed since the last one. The first report marks where
+    this run starts, so after ``--resume`` the rate and ETA count this run's rows only.
+    """
+
+    def __init__(
+        self, console: Console, interval: float, clock: Callable[[], float] = time.monotonic
+    ):
+        self._console = console
+        self._interval = interval
+        self._clock = clock
+        self._first: tuple[float, JobProgress] | None = None
+        self._logged_at = 0.0
+
+    def __enter__(self) -> _ProgressLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def update(self, progress: JobProgress) -> None:
+        now = self._clock()
+        if self._first is None:
+            self._first, self._logged_at = (now, progress), now
+            return
+        if now - self._logged_at < self._interval:
+            return
+        self._logged_at = now
+        began, first = self._first
+        line = progress_line(progress, since=first, elapsed=now - began)
+        self._console.print(line, soft_wrap=True, markup=False)
+
+
+def progress_line(progress: JobProgress, *, since: JobProgress, elapsed: float) -> str:
+    """``asyncml run: ROWS[ / TOTAL] rows (PERCENT), FAILED failed; RATE rows/s; ETA H:MM:SS``.
+
+    The total is shown where the input's size is a row count (Parquet); the percent is of
+    the input read (bytes for JSONL and CSV). Rate and ETA count from ``since``, the
+    report ``elapsed`` seconds ago where this run started.
+    """
+    total = progress.total
+    rows = f"{progress.rows:,}"
+    if total is not None and progress.unit == "rows":
+        rows += f" / {total:,}"
+    line = f"asyncml run: {rows} rows"
+    if total:
+        line += f" ({min(progress.position / total, 1.0):.1%})"
+    line += f", {progress.failed:,} failed"
+    if elapsed > 0:
+        line += f"; {(progress.rows - since.rows) / elapsed:,.0f} rows/s"
+        gained = progress.position - since.position
+        if total and gained > 0:
+            left = max(total - progress.position, 0) * elapsed / gained
+            line += f"; ETA {_hours_minutes_seconds(left)}"
+    return line
+
+
+def _hours_minutes_seconds(seconds: float) -> str:
+    whole = round(seconds)
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
 
 
 def _print_summary(console: Console, summary: JobSummary) -> None:
