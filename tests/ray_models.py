@@ -6,11 +6,31 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import asyncml
+
 
 def tripled_with_pid(batch: list[int]) -> list[tuple[int, int]]:
     """Each item tripled, with the worker's pid (so a test knows whom to kill)."""
     pid = os.getpid()
     return [(3 * x, pid) for x in batch]
+
+
+class SetsUpOnce(asyncml.Model[int, tuple[int, int]]):
+    """Answers as :func:`tripled_with_pid`; only its first setup() succeeds, leaving
+    ``marker`` behind: every replacement worker's setup() raises, as when the weights it
+    loads have gone."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def setup(self) -> None:
+        try:
+            open(self.marker, "x").close()
+        except FileExistsError:
+            raise OSError("the weights are gone") from None
+
+    def predict(self, batch: list[int]) -> list[tuple[int, int]]:
+        return tripled_with_pid(batch)
 
 
 def fails_on_multiples_of_7(batch: list[int]) -> list[int]:

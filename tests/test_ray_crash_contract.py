@@ -1,9 +1,11 @@
 """What every executor whose workers can die promises, checked on process workers and on Ray
 actors alike: one outcome per item, an item that kills its worker fails alone, a worker
-killed mid-run loses nothing, and a failing setup() is a start-up error."""
+killed mid-run loses nothing, a failing setup() is a start-up error, and a pool whose dead
+workers cannot be replaced is broken."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
@@ -11,6 +13,7 @@ import re
 import signal
 from collections import deque
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -102,3 +105,25 @@ async def test_a_failing_setup_is_a_start_up_error(kind: str) -> None:
     with pytest.raises(asyncml.SetupError, match="FileNotFoundError: no weights"):
         async with asyncml.load(model, executor=pool(kind)):
             pytest.fail("must not start")
+
+
+async def test_a_pool_whose_dead_workers_cannot_be_replaced_is_broken(
+    kind: str, tmp_path: Path
+) -> None:
+    executor = pool(kind, workers=1)
+    model = ray_models.SetsUpOnce(str(tmp_path / "set-up"))
+    async with asyncio.timeout(120), asyncml.load(model, executor=executor, name="once") as m:
+        _, pid = await m(1)
+        assert not m.statistics().broken
+        os.kill(pid, signal.SIGKILL)
+        # The item finds its worker dead; every replacement's setup() fails, and the item
+        # fails with the pool.
+        with pytest.raises(asyncml.SetupError) as failed:
+            await m(2)
+        assert isinstance(executor.broken, asyncml.SetupError)
+        assert str(failed.value) == str(executor.broken)
+        assert m.statistics().broken
+        with pytest.raises(asyncml.SetupError):
+            await m(3)  # fails at once: no worker is left to try
+        stats = m.statistics()
+    assert (stats.completed, stats.failed) == (1, 2)

@@ -412,7 +412,7 @@ class Batcher:
             batch_sizes={size: n for size, n in enumerate(self._sizes) if n},
             latency=LatencySummary.of(self._latencies),
             worker_restarts=getattr(self._executor, "restarts", 0),
-            broken=getattr(self._executor, "broken", None) is not None,
+            broken=self._executor.broken is not None,
         )
 
 

@@ -34,6 +34,17 @@ class Executor(ABC):
     def capacity(self) -> int:
         """How many batches may run at once (usually the number of workers)."""
 
+    @property
+    def broken(self) -> AsyncmlError | None:
+        """The error every item fails with once the pool can run nothing any more (every
+        worker died and none could be replaced); ``None`` while it can run items.
+
+        Models' statistics report it, and ``asyncml serve`` turns a broken model's readiness
+        to 503. The default suits executors whose workers cannot die; one that replaces dead
+        workers returns the error once it gives up.
+        """
+        return None
+
     @abstractmethod
     def check(self, spec: ModelSpec) -> None:
         """Raises ``TypeError`` if this executor cannot run ``spec``; called before ``start``."""

@@ -169,6 +169,12 @@ class RayExecutor(Executor):
         return self._max
 
     @property
+    def broken(self) -> AsyncmlError | None:
+        """The error every item fails with once no actor is left and none could be
+        started; ``None`` while the pool can run items."""
+        return self._recovery.broken
+
+    @property
     def actors(self) -> int:
         """How many actors are running or starting now."""
         return len(self._live)
