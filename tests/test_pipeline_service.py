@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
 import asyncml
 from asyncml.pipeline import Pipeline, Retry, stage
+from tests.helpers import until
 
 
 def double(x: int) -> int:
@@ -84,3 +86,72 @@ async def test_leaving_normally_answers_every_call_made() -> None:
     async with Pipeline(stage(slow, concurrency=2)).open() as service:
         futures = [service.call_nowait(i) for i in range(10)]
     assert [future.result() for future in futures] == list(range(10))
+
+
+async def test_a_call_past_its_deadline_fails_and_no_later_stage_computes_it() -> None:
+    gate = asyncio.Event()
+    seen: list[str] = []
+
+    async def held(x: str) -> str:
+        await gate.wait()
+        return x
+
+    def record(x: str) -> str:
+        seen.append(x)
+        return x
+
+    pipeline = Pipeline(stage(held, concurrency=1), stage(record, executor="inline"))
+    async with pipeline.open(timeout=60) as service:
+        first = service.call_nowait("first")
+        late = service.call_nowait("late", timeout=0.01)  # queued behind "first"
+        with pytest.raises(asyncml.ItemTimeout, match="the item's deadline passed"):
+            await late
+        gate.set()
+        assert await first == "first"
+        assert await service("next", timeout=math.inf) == "next"
+        stats = service.statistics()
+    assert seen == ["first", "next"]
+    assert [s.withdrawn for s in stats.stages] == [1, 0]
+    assert not stats.broken
+
+
+async def test_a_cancelled_call_is_withdrawn_before_the_next_stage() -> None:
+    gate = asyncio.Event()
+    seen: list[str] = []
+
+    async def held(x: str) -> str:
+        await gate.wait()
+        return x
+
+    pipeline = Pipeline(stage(held, concurrency=4), stage(seen.append, executor="inline"))
+    async with pipeline.open() as service:
+        kept = service.call_nowait("kept")
+        dropped = service.call_nowait("dropped")
+        await until(lambda: service.statistics().stages[0].in_flight == 2)
+        dropped.cancel()  # its first stage runs on; the second never sees it
+        gate.set()
+        await kept
+        await until(lambda: service.statistics().finished == 2)
+        stats = service.statistics()
+    assert seen == ["kept"]
+    assert [s.withdrawn for s in stats.stages] == [0, 1]
+
+
+async def test_waiting_for_room_counts_against_the_deadline() -> None:
+    gate = asyncio.Event()
+
+    async def held(x: int) -> int:
+        await gate.wait()
+        return x
+
+    async with Pipeline(stage(held)).open(max_queue=1) as service:
+        first = service.call_nowait(1)
+        with pytest.raises(asyncml.ItemTimeout):
+            await service(2, timeout=0.01)
+        gate.set()
+        assert await first == 1
+
+
+def test_open_refuses_a_timeout_that_is_not_positive() -> None:
+    with pytest.raises(ValueError, match="timeout"):
+        Pipeline(stage(double)).open(timeout=0)

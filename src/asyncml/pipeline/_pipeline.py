@@ -21,7 +21,7 @@ from ._failures import (
 )
 from ._outputs import NOTHING, Outputs
 from ._progress import Progress, length_of, progress_display
-from ._runners import StageRun
+from ._runners import StageRun, Withdrawn
 from ._service import PipelineService
 from ._stage import Stage, stage
 from ._stats import PipelineStatistics, PipelineSummary
@@ -105,7 +105,9 @@ class Pipeline:
             total=total if total is not None else length_of(items),
         )
 
-    def open(self, *, max_queue: int = 1024) -> PipelineService:
+    def open(
+        self, *, max_queue: int = 1024, timeout: float | None = None, name: str | None = None
+    ) -> PipelineService:
         """Keeps the pipeline running to answer calls item by item; enter the result.
 
         ::
@@ -119,8 +121,15 @@ class Pipeline:
         Args:
             max_queue: items inside the pipeline at once; ``call_nowait`` raises
                 :class:`~asyncml.Overloaded` beyond it and ``await service(x)`` waits.
+            timeout: default deadline of each call, in seconds (default: none); a call
+                may set its own.
+            name: the service's name in errors (default: the stages' names joined by
+                ``+``).
+
+        Raises:
+            ValueError: an option is out of range.
         """
-        return PipelineService(self, max_queue=max_queue)
+        return PipelineService(self, max_queue=max_queue, timeout=timeout, name=name)
 
     async def run(
         self,
@@ -169,8 +178,10 @@ class PipelineRun:
         failure_limit: FailureLimit,
         progress: Progress | None,
         total: int | None,
+        withdrawn: Withdrawn | None = None,
     ):
         self._pipeline = pipeline
+        self._withdrawn = withdrawn
         self._items = items
         self._with_index = with_index
         self._outputs = Outputs(max_in_flight, ordered=ordered)
@@ -206,6 +217,7 @@ class PipelineRun:
             for run in self._stages:
                 if run.model is not None:
                     await self._stack.enter_async_context(run.model)
+                    run.model_started = True
                 elif hasattr(run.stage.fn, "__aenter__"):
                     await self._stack.enter_async_context(run.stage.fn)
                 self._stack.callback(run.cancel_retries)
@@ -292,6 +304,7 @@ class PipelineRun:
                 when_done=None if last else inboxes[position + 1].close,
                 fan_out=self._outputs.fan_out,
                 on_failure=self._dead,
+                withdrawn=self._withdrawn,
             )
             if definition.kind == "pool":
                 run.model = definition.load()

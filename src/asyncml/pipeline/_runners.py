@@ -5,6 +5,9 @@ next stage's channel (or to the pipeline's outputs). Three kinds of worker, by w
 runs: ``async`` coroutines (one item each), ``inline`` sync functions (a chunk at a time, on
 the loop), and ``pool`` workers that hand chunks to a :class:`~asyncml.LoadedModel`, whose
 batcher coalesces the chunks of all of them into batches for threads or processes.
+
+An open pipeline's calls can be withdrawn (the caller gave up, or its deadline passed):
+each stage drops such items as it takes them, so that no later stage computes them.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from ._stats import StageStatistics
 
 Downstream = Callable[[list[Item]], Awaitable[None]]
 OnFailure = Callable[[Stage, Item, BaseException], None]
+#: Whether the source item of that index was withdrawn: no one waits for its outputs.
+Withdrawn = Callable[[int], bool]
 
 
 class StageRun:
@@ -38,6 +43,7 @@ class StageRun:
         when_done: Callable[[], None] | None,
         fan_out: Callable[[int, int], None],
         on_failure: OnFailure,
+        withdrawn: Withdrawn | None = None,
     ):
         self.stage = stage
         self.inbox = inbox
@@ -46,12 +52,14 @@ class StageRun:
         self._alive = 0
         self._fan_out = fan_out
         self._on_failure = on_failure
+        self._withdrawn = withdrawn
         self._bucket = TokenBucket(stage.rate) if stage.rate is not None else None
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._retry_keys = itertools.count()
         self.model: LoadedModel[Any, Any] | None = None
+        self.model_started = False  # set by the run once the model is entered
         self.received = self.done = self.emitted = self.in_flight = 0
-        self.retries = self.failures = 0
+        self.retries = self.failures = self.withdrawn = 0
 
     def workers(self) -> list[Coroutine[Any, Any, None]]:
         """The worker loops to run as tasks; the last to end calls ``when_done``."""
@@ -81,6 +89,8 @@ class StageRun:
             queued=len(self.inbox) + self.inbox.retries_pending,
             retries=self.retries,
             failures=self.failures,
+            withdrawn=self.withdrawn,
+            broken=self.model_started and self.model is not None and self.model.statistics().broken,
         )
 
     def cancel_retries(self) -> None:
@@ -149,9 +159,28 @@ class StageRun:
     # -- shared steps ----------------------------------------------------------------------
 
     async def _take(self, limit: int) -> list[Item]:
-        chunk = await self.inbox.get(limit)
-        self.in_flight += len(chunk)
-        return chunk
+        while True:
+            chunk = await self.inbox.get(limit)
+            if chunk and self._withdrawn is not None:
+                chunk = self._drop_withdrawn(chunk)
+                if not chunk:
+                    continue  # all withdrawn, but the channel has not ended
+            self.in_flight += len(chunk)
+            return chunk
+
+    def _drop_withdrawn(self, chunk: list[Item]) -> list[Item]:
+        """``chunk`` less the items whose source item was withdrawn; those end here, with
+        no output, as if a filter had dropped them."""
+        withdrawn = self._withdrawn
+        assert withdrawn is not None
+        kept: list[Item] = []
+        for item in chunk:
+            if withdrawn(item[0]):
+                self.withdrawn += 1
+                self._fan_out(item[0], 0)
+            else:
+                kept.append(item)
+        return kept
 
     def _pass_on(self, items: list[Item], results: list[Any]) -> list[Item]:
         """The next stage's items for ``results``, one per item or, when flat, 0..n each."""

@@ -3,20 +3,26 @@
 ``async with pipeline.open() as service: y = await service(x)``. Items from concurrent
 callers flow through the stages together (so model stages still batch them), each call
 gets exactly one outcome, and admission is bounded like a model's.
+
+A call can be withdrawn before its answer: its caller cancels the future, or its deadline
+passes (:class:`~asyncml.ItemTimeout`). The next stage to take the item drops it, so no
+later stage computes it; a stage already running it finishes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from .._errors import Closed, Overloaded
+from .._errors import Closed, ItemTimeout, Overloaded
 from ._failures import DeadLetter, FailureLimit, StageError
 from ._outputs import NOTHING
+from ._stats import PipelineStatistics
 
 if TYPE_CHECKING:
     from ._pipeline import Pipeline, PipelineRun
@@ -29,16 +35,32 @@ class PipelineService:
     outputs (possibly empty). An item that failed for good raises :class:`StageError` (a
     :class:`~asyncml.ModelError`) naming the stage. Leaving the block lets the items
     already called finish.
+
+    Attributes:
+        name: the name given to :meth:`Pipeline.open`, else the stages' names joined by
+            ``+``.
+        flat: each call answers the list of its item's outputs (a stage is ``flat``).
     """
 
-    def __init__(self, pipeline: Pipeline, *, max_queue: int):
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        max_queue: int,
+        timeout: float | None = None,
+        name: str | None = None,
+    ):
         from ._pipeline import PipelineRun
 
         if max_queue < 1:
             raise ValueError(f"max_queue must be at least 1, got {max_queue}")
-        self.name = "+".join(s.name for s in pipeline.stages)
-        self._flat = any(s.flat for s in pipeline.stages)
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+        self.name = name or "+".join(s.name for s in pipeline.stages)
+        self.flat = any(s.flat for s in pipeline.stages)
         self._max_queue = max_queue
+        self._timeout = timeout
+        self._deadlines: dict[int, asyncio.TimerHandle] = {}
         self._waiting: deque[Any] = deque()  # called, not yet taken by the source
         self._futures: dict[int, asyncio.Future[Any]] = {}
         self._collected: dict[int, list[Any]] = {}
@@ -58,6 +80,7 @@ class PipelineService:
             failure_limit=FailureLimit(None),
             progress=None,
             total=None,
+            withdrawn=self._withdrawn,
         )
 
     async def __aenter__(self) -> PipelineService:
@@ -84,17 +107,28 @@ class PipelineService:
                 with contextlib.suppress(asyncio.CancelledError):
                     await answering
         finally:
+            for deadline in self._deadlines.values():
+                deadline.cancel()
+            self._deadlines.clear()
             for future in self._futures.values():
                 if not future.done():
                     future.set_exception(Closed(f"pipeline {self.name!r} closed", model=self.name))
             await self._run.__aexit__(exc_type, exc, tb)
 
-    def statistics(self) -> Any:
-        """The underlying run's :class:`PipelineStatistics`."""
+    def statistics(self) -> PipelineStatistics:
+        """The underlying run's counters, stage by stage; ``broken`` once a worker stage
+        has lost every worker for good."""
         return self._run.statistics()
 
-    def call_nowait(self, item: Any) -> asyncio.Future[Any]:
+    def call_nowait(self, item: Any, *, timeout: float | None = None) -> asyncio.Future[Any]:
         """Sends ``item`` in at once and returns the future of its outcome.
+
+        Cancelling the future withdraws the item (see the module's docs).
+
+        Args:
+            timeout: seconds until the item's deadline, when its future fails with
+                :class:`~asyncml.ItemTimeout` and the item is withdrawn; defaults to the
+                service's ``timeout``; ``math.inf`` for none.
 
         Raises:
             Overloaded: ``max_queue`` items are already in the pipeline.
@@ -106,26 +140,47 @@ class PipelineService:
             raise Overloaded(
                 f"pipeline {self.name!r} holds {self._max_queue} items already", model=self.name
             )
-        future = asyncio.get_running_loop().create_future()
-        self._futures[self._next_index] = future
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        index = self._next_index
+        self._futures[index] = future
         self._next_index += 1
+        if timeout is None:
+            timeout = self._timeout
+        if timeout is not None and timeout != math.inf:
+            self._deadlines[index] = loop.call_later(timeout, self._expire, index)
         self._waiting.append(item)
         self._poke_source()
         return future
 
-    async def __call__(self, item: Any) -> Any:
-        """Runs ``item`` through every stage, waiting for room first if the pipeline is full.
+    def __call__(self, item: Any, *, timeout: float | None = None) -> Coroutine[Any, Any, Any]:
+        """Runs ``item`` through every stage, waiting for room first if the pipeline is full;
+        await it.
+
+        Args:
+            timeout: as for :meth:`call_nowait`; the wait for room counts.
 
         Raises:
             StageError: the item failed for good at a stage.
+            ItemTimeout: its deadline passed first.
             Closed: the service closed first.
         """
+        return self._call(item, self._timeout if timeout is None else timeout)
+
+    async def _call(self, item: Any, seconds: float | None) -> Any:
         room = self._room
         assert room is not None, "use 'async with pipeline.open()'"
-        while len(self._futures) >= self._max_queue and not self._closed:
-            room.clear()
-            await room.wait()
-        return await self.call_nowait(item)
+        loop = asyncio.get_running_loop()
+        deadline = None if seconds is None or seconds == math.inf else loop.time() + seconds
+        try:
+            async with asyncio.timeout_at(deadline):
+                while len(self._futures) >= self._max_queue and not self._closed:
+                    room.clear()
+                    await room.wait()
+        except TimeoutError:
+            raise self._timeout_error() from None
+        left = math.inf if deadline is None else deadline - loop.time()
+        return await self.call_nowait(item, timeout=left)
 
     async def _source(self) -> AsyncIterator[Any]:
         while True:
@@ -146,6 +201,21 @@ class PipelineService:
     def _dead(self, letter: DeadLetter) -> None:
         self._errors[letter.index] = letter
 
+    def _withdrawn(self, index: int) -> bool:
+        """Whether no one waits for the item any more: its future is done before its
+        answer (cancelled, or past its deadline), as answered ones leave ``_futures``."""
+        future = self._futures.get(index)
+        return future is None or future.done()
+
+    def _expire(self, index: int) -> None:
+        del self._deadlines[index]
+        future = self._futures.get(index)
+        if future is not None and not future.done():
+            future.set_exception(self._timeout_error())
+
+    def _timeout_error(self) -> ItemTimeout:
+        return ItemTimeout(f"pipeline {self.name!r}: the item's deadline passed", model=self.name)
+
     async def _answer(self) -> None:
         try:
             await self._answer_all()
@@ -156,7 +226,8 @@ class PipelineService:
             raise
 
     async def _answer_all(self) -> None:
-        futures, collected, flat = self._futures, self._collected, self._flat
+        futures, collected, flat = self._futures, self._collected, self.flat
+        deadlines = self._deadlines
         async for ready in self._run.events():
             for index, output, last in ready:
                 if output is not NOTHING:
@@ -165,6 +236,10 @@ class PipelineService:
                     if not last:
                         continue
                 future = futures.pop(index)
+                if deadlines:
+                    deadline = deadlines.pop(index, None)
+                    if deadline is not None:
+                        deadline.cancel()
                 outputs = collected.pop(index, None)
                 letter = self._errors.pop(index, None)
                 if future.done():

@@ -20,6 +20,10 @@ class StageStatistics:
         queued: items waiting in the stage's input queue, or for a retry's delay.
         retries: tries repeated after a failure.
         failures: items sent to the dead letters.
+        withdrawn: items dropped before the stage ran them, because their caller gave up
+            or their deadline passed (an open pipeline's calls; see :meth:`Pipeline.open`).
+        broken: a worker stage whose workers all died and none could be restarted: its
+            items can only fail.
     """
 
     name: str
@@ -30,6 +34,8 @@ class StageStatistics:
     queued: int
     retries: int
     failures: int
+    withdrawn: int = 0
+    broken: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,11 @@ class PipelineStatistics:
     failed: int
     total: int | None
     elapsed: float
+
+    @property
+    def broken(self) -> bool:
+        """A stage is broken (see :attr:`StageStatistics.broken`)."""
+        return any(stage.broken for stage in self.stages)
 
 
 @dataclass(frozen=True)
