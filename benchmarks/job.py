@@ -3,7 +3,7 @@
 ::
 
     python benchmarks/job.py [--rows N] [--repeats N] [--executors thread,process] [--quick]
-                             [--json PATH]
+                             [--no-resume] [--json PATH]
 
 Each run reads the rows (``{"pixels": [64 values]}``, drawn from the bundled digits with
 seed 0), runs W2's classifier on each row's pixels, and writes ``{"id", "prediction"}``
@@ -13,7 +13,12 @@ lines, through :func:`asyncml.job.run_job` as ``asyncml run --field pixels`` doe
 - ``no-journal``: the same job with ``use_journal=False`` (the same parts and final
   assembly, without journal or fsync): the difference is what exactly-once costs;
 - ``by-hand``: the same work in one plain loop, no asyncml, no threads: read 1 MiB blocks,
-  ``orjson.loads`` each line, predict 256 rows at a time, ``orjson.dumps`` each result.
+  ``orjson.loads`` each line, predict 256 rows at a time, ``orjson.dumps`` each result;
+- ``resume``: the ``journal`` job SIGKILLed once its journal shows 90% of the rows
+  committed, then resumed to completion; its time is compared with the full ``journal``
+  run of the same repeat.
+
+Jobs commit every 10% of the rows (every 100,000 rows, the default, at a million).
 
 Every system runs with the garbage-collector threshold ``asyncml run`` sets
 (:func:`asyncml.job.fewer_collections`).
@@ -26,8 +31,11 @@ place, so the model's setup is left out.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -44,6 +52,9 @@ SEED = 0
 TARGET_ROWS_PER_S = 100_000
 TARGET_PEAK_RSS_MB = 300
 TARGET_JOURNAL_COST = 0.05
+TARGET_RESUME_SHARE = 0.15
+#: The resumed job is killed once at least this share of the rows is committed.
+KILL_AT = 0.9
 
 
 def write_rows(path: Path, rows: int, cache_dir: Path) -> None:
@@ -58,16 +69,30 @@ def write_rows(path: Path, rows: int, cache_dir: Path) -> None:
             file.write(b"".join([lines[i] for i in picks[start : start + 65_536]]))
 
 
-def measure(system: str, executor: str, rows_path: Path, cache_dir: Path) -> dict[str, Any]:
-    """One run, in this process."""
+def measure(
+    system: str,
+    executor: str,
+    rows_path: Path,
+    cache_dir: Path,
+    commit_rows: int,
+    launched: float,
+) -> dict[str, Any]:
+    """One run, in this process, which the parent started at ``launched`` (its monotonic
+    clock, which on Linux is this process's too). ``killed`` and ``resume`` share one
+    output, so that ``resume`` continues the job ``killed`` left."""
     import resource
 
-    output = rows_path.with_name(f"out-{os.getpid()}.jsonl")
+    resumed_rows = 0
+    if system in ("killed", "resume"):
+        output = rows_path.with_name("killed.jsonl")
+    else:
+        output = rows_path.with_name(f"out-{os.getpid()}.jsonl")
     if system == "by-hand":
         from asyncml.job import fewer_collections
 
         with fewer_collections():  # the same garbage-collector setting as the jobs
             elapsed = by_hand(rows_path, output, cache_dir)
+        wall = elapsed
     else:
         import asyncio
 
@@ -83,11 +108,15 @@ def measure(system: str, executor: str, rows_path: Path, cache_dir: Path) -> dic
                     output,
                     field="pixels",
                     executor=executor,  # type: ignore[arg-type]
-                    use_journal=system == "journal",
-                    force=True,
+                    use_journal=system != "no-journal",
+                    resume=system == "resume",
+                    force=system != "resume",
+                    commit_rows=commit_rows,
                 )
             )
-        elapsed = summary.wall_s - summary.setup_s
+        elapsed, wall = summary.wall_s - summary.setup_s, summary.wall_s
+        resumed_rows = summary.resumed
+    process = time.monotonic() - launched  # the output is in place: what a user waits for
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # before the check
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     written = check_output(output, rows_path, cache_dir)
@@ -97,7 +126,10 @@ def measure(system: str, executor: str, rows_path: Path, cache_dir: Path) -> dic
         "executor": executor if system != "by-hand" else "-",
         "rows": written,
         "elapsed_s": elapsed,
-        "rows_per_s": written / elapsed,
+        "rows_per_s": (written - resumed_rows) / elapsed,
+        "wall_s": wall,
+        "process_s": process,
+        "resumed_rows": resumed_rows,
         "peak_rss_mb": own / 2**20,
         "worker_peak_rss_mb": workers / 2**20 if executor == "process" else 0.0,
     }
@@ -158,13 +190,61 @@ def check_output(output: Path, rows_path: Path, cache_dir: Path) -> int:
     return count
 
 
-def run_child(system: str, executor: str, rows_path: Path, cache_dir: Path) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--one", system, executor, str(rows_path), str(cache_dir)]
+def child_command(
+    system: str, executor: str, rows_path: Path, cache_dir: Path, commit_rows: int
+) -> list[str]:
+    """The child's command line; it carries the moment of its launch, so that the child
+    can tell how long a user would have waited for its output."""
+    paths = [str(rows_path), str(cache_dir)]
+    launched = str(time.monotonic())
+    return [sys.executable, __file__, "--one", system, executor, *paths, str(commit_rows), launched]
+
+
+def run_child(
+    system: str, executor: str, rows_path: Path, cache_dir: Path, commit_rows: int
+) -> dict[str, Any]:
+    command = child_command(system, executor, rows_path, cache_dir, commit_rows)
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
         raise RuntimeError(f"{system}/{executor} failed: {done.stderr.strip()[-2000:]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
+
+
+def kill_then_resume(
+    executor: str, rows_path: Path, cache_dir: Path, commit_rows: int, rows: int
+) -> dict[str, Any]:
+    """The journal job, SIGKILLed once ``KILL_AT`` of its rows are committed, then resumed."""
+    journal = rows_path.with_name("killed.jsonl.journal.sqlite")
+    command = child_command("killed", executor, rows_path, cache_dir, commit_rows)
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as job:
+        try:
+            deadline = time.monotonic() + 1800
+            while committed_rows(journal) < KILL_AT * rows:
+                if job.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"killed/{executor} ended or stalled before the kill")
+                time.sleep(0.01)
+        finally:
+            job.kill()
+            _, stderr = job.communicate(timeout=60)
+    if job.returncode != -signal.SIGKILL:
+        raise RuntimeError(f"killed/{executor} exited {job.returncode}: {stderr[-2000:]!r}")
+    result = run_child("resume", executor, rows_path, cache_dir, commit_rows)
+    result["killed_at"] = result["resumed_rows"] / rows
+    return result
+
+
+def committed_rows(journal: Path) -> int:
+    """Rows the journal lists as committed, read without writing to it (0 before it has
+    any commit)."""
+    if not journal.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(f"{journal.as_uri()}?mode=ro", uri=True)) as db:
+            rows = db.execute("SELECT max(next_row) FROM commits").fetchone()[0]
+    except sqlite3.OperationalError:  # created, but without its tables yet
+        return 0
+    return int(rows or 0)
 
 
 def summarise(runs: dict[tuple[str, str], list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -181,6 +261,19 @@ def summarise(runs: dict[tuple[str, str], list[dict[str, Any]]]) -> list[dict[st
             "worker_peak_rss_mb": statistics.median(r["worker_peak_rss_mb"] for r in results),
         }
         baseline = runs.get(("no-journal", executor))
+        full = runs.get(("journal", executor))
+        if system == "resume" and full:
+            row["killed_at"] = statistics.median(r["killed_at"] for r in results)
+            row["resume_s"] = statistics.median(r["wall_s"] for r in results)
+            row["full_s"] = statistics.median(r["wall_s"] for r in full)
+            same_repeat = list(zip(results, full, strict=True))
+            shares = [r["wall_s"] / f["wall_s"] for r, f in same_repeat]
+            process_shares = [r["process_s"] / f["process_s"] for r, f in same_repeat]
+            row["resume_share"] = statistics.median(shares)
+            row["resume_shares"] = [round(s, 3) for s in shares]
+            row["resume_process_s"] = statistics.median(r["process_s"] for r in results)
+            row["full_process_s"] = statistics.median(r["process_s"] for r in full)
+            row["resume_process_share"] = statistics.median(process_shares)
         if system == "journal" and baseline:
             pairs = zip(results, baseline, strict=True)
             costs = [1 - j["rows_per_s"] / n["rows_per_s"] for j, n in pairs]
@@ -196,6 +289,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         f"{'RSS MB':>7} {'workers':>7} {'journal cost':>12}"
     ]
     for row in rows:
+        if row["system"] == "resume":
+            continue
         cost = f"{row['journal_cost']:+.1%}" if "journal_cost" in row else "-"
         workers = f"{row['worker_peak_rss_mb']:.0f}" if row["worker_peak_rss_mb"] else "-"
         lines.append(
@@ -207,6 +302,24 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         f"targets: >= {TARGET_ROWS_PER_S:,} rows/s; peak RSS <= {TARGET_PEAK_RSS_MB} MB; "
         f"journal cost <= {TARGET_JOURNAL_COST:.0%}"
     )
+    resumes = [row for row in rows if row["system"] == "resume" and "resume_share" in row]
+    if resumes:
+        lines += [
+            "",
+            f"resume after a SIGKILL at >= {KILL_AT:.0%} committed "
+            "(job: run_job, setup included; process: launch to output in place)",
+            f"{'executor':<8} {'killed at':>9} {'resume s':>8} {'full s':>7} {'share':>6} "
+            f"{'runs':<20} {'process s':>9} {'full':>6} {'share':>6}",
+        ]
+        for row in resumes:
+            lines.append(
+                f"{row['executor']:<8} {row['killed_at']:>9.1%} {row['resume_s']:>8.2f} "
+                f"{row['full_s']:>7.2f} {row['resume_share']:>6.1%} "
+                f"{','.join(f'{s:.1%}' for s in row['resume_shares']):<20} "
+                f"{row['resume_process_s']:>9.2f} {row['full_process_s']:>6.2f} "
+                f"{row['resume_process_share']:>6.1%}"
+            )
+        lines.append(f"target: resume <= {TARGET_RESUME_SHARE:.0%} of a full run's time")
     return "\n".join(lines)
 
 
@@ -217,17 +330,26 @@ def main() -> None:
     parser.add_argument("--executors", default="thread,process")
     parser.add_argument("--quick", action="store_true", help="100,000 rows, 1 repeat")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--no-resume", action="store_true", help="skip the kill and resume")
+    parser.add_argument("--one", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
     if args.one:
-        system, executor, rows_path, cache_dir = args.one
-        print(json.dumps(measure(system, executor, Path(rows_path), Path(cache_dir))))
+        system, executor, rows_path, cache_dir, commit_rows, launched = args.one
+        result = measure(
+            system, executor, Path(rows_path), Path(cache_dir), int(commit_rows), float(launched)
+        )
+        print(json.dumps(result))
         return
+    from asyncml.job._run import DEFAULT_COMMIT_ROWS
+
     rows, repeats = (100_000, 1) if args.quick else (args.rows, args.repeats)
+    commit_rows = max(1, min(DEFAULT_COMMIT_ROWS, rows // 10))
     plan = [("by-hand", "-")]
     for executor in args.executors.split(","):
         plan += [("no-journal", executor), ("journal", executor)]
+        if not args.no_resume:
+            plan.append(("resume", executor))
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {case: [] for case in plan}
     with tempfile.TemporaryDirectory(prefix="asyncml-job-bench-") as folder:
         cache = Path(folder)
@@ -236,11 +358,15 @@ def main() -> None:
         print(f"{rows:,} rows, {rows_path.stat().st_size / 2**20:.0f} MiB", file=sys.stderr)
         for repeat in range(repeats):
             for system, executor in plan:
-                result = run_child(system, executor, rows_path, cache)
+                if system == "resume":
+                    result = kill_then_resume(executor, rows_path, cache, commit_rows, rows)
+                else:
+                    result = run_child(system, executor, rows_path, cache, commit_rows)
                 runs[(system, executor)].append(result)
                 print(
                     f"[{repeat + 1}/{repeats}] {system} {executor}: "
-                    f"{result['rows_per_s']:,.0f} rows/s, {result['peak_rss_mb']:.0f} MB",
+                    f"{result['rows_per_s']:,.0f} rows/s, {result['wall_s']:.2f} s, "
+                    f"{result['peak_rss_mb']:.0f} MB",
                     file=sys.stderr,
                 )
     table = summarise(runs)
