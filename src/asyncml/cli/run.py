@@ -328,7 +328,7 @@ class _ProgressLog:
         self._logged_at = now
         began, first = self._first
         line = progress_line(progress, since=first, elapsed=now - began)
-        self._console.print(line, soft_wrap=True, markup=False)
+        self._console.print(line, soft_wrap=True, markup=False, emoji=False)
 
 
 def progress_line(progress: JobProgress, *, since: JobProgress, elapsed: float) -> str:
