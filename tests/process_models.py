@@ -8,6 +8,8 @@ import socket
 import time
 from typing import Any
 
+import numpy as np
+
 import asyncml
 
 
@@ -113,3 +115,29 @@ class HoldsBatches(asyncml.Model[Any, Any]):
             while conn.recv(1):
                 pass
         return batch
+
+
+class DoublesStacked(asyncml.Model[Any, Any]):
+    """Takes its batch as one array and returns one array: each row doubled. A row with a
+    negative value makes the whole batch fail."""
+
+    collate = "stack"
+
+    def predict(self, rows: Any) -> Any:
+        if (rows < 0).any():
+            raise ValueError("negative row")
+        return rows * 2
+
+
+class ReportsCopies(asyncml.Model[Any, bool]):
+    """Says, for each item, whether its batch arrived as an array of its own (a copy)."""
+
+    collate = "stack"
+
+    def predict(self, rows: Any) -> list[bool]:
+        owner = rows
+        while isinstance(owner.base, np.ndarray):
+            owner = owner.base
+        # A view of the bytes that arrived has a buffer at the root; a copy, a numpy array.
+        copied = owner.base is None
+        return [copied] * len(rows)

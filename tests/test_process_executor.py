@@ -61,6 +61,24 @@ async def test_arrays_cross_to_workers_and_back() -> None:
         assert result.dtype == np.float32
 
 
+async def test_a_stacked_batch_crosses_as_one_array_both_ways() -> None:
+    rows = [np.arange(6, dtype=np.float32) + i for i in range(300)]
+    rows[123] = -rows[123]  # fails its batch: the halves must still split right
+    async with asyncml.load(models.DoublesStacked, executor="process", workers=2) as m:
+        results = await m.map(rows, return_exceptions=True)
+    for index, (row, result) in enumerate(zip(rows, results, strict=True)):
+        if index == 123:
+            assert isinstance(result, asyncml.ModelError)
+        else:
+            assert isinstance(result, np.ndarray)
+            assert_array_equal(result, row * 2)
+            assert result.dtype == np.float32
+    # The worker hands the model the batch it received, not a copy stacked again.
+    async with asyncml.load(models.ReportsCopies, executor="process", max_batch_size=64) as m:
+        copied = await m.map([np.ones(4) for _ in range(200)])
+    assert not any(copied)
+
+
 async def test_killing_workers_at_random_loses_nothing() -> None:
     rng = random.Random(0)
     pool = ProcessExecutor(2)

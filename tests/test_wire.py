@@ -36,3 +36,11 @@ def test_large_arrays_travel_unstacked() -> None:
     # Each one's buffer crosses out of band as it is: stacking would only add a copy.
     rows = [np.ones(STACK_ROW_LIMIT // 8 + 1) for _ in range(3)]
     assert pack(rows) is rows
+
+
+def test_one_array_travels_as_it_is() -> None:
+    # A batch's outputs returned as one array, or a batch that arrived as one array.
+    batch = np.arange(12, dtype=np.float32).reshape(4, 3)
+    back: object = unpack(pickle.loads(pickle.dumps(pack(batch), protocol=5)))
+    assert isinstance(back, np.ndarray)
+    np.testing.assert_array_equal(back, batch)

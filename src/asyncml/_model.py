@@ -10,7 +10,9 @@ import copy
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
+
+import numpy as np
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -180,6 +182,8 @@ def split_outputs(outputs: Any, expected: int) -> Sequence[Any]:
     """
     if isinstance(outputs, list | tuple):
         seq: Sequence[Any] = outputs
+    elif isinstance(outputs, np.ndarray) and outputs.ndim:
+        seq = cast(Sequence[Any], outputs)  # its rows, kept as one array (one buffer to send)
     elif isinstance(outputs, str | bytes | dict) or not hasattr(outputs, "__getitem__"):
         raise ValueError(f"returned a {type(outputs).__name__}, not one output per input")
     else:

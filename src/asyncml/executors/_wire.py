@@ -2,16 +2,18 @@
 
 Pickling costs per object: a batch of 256 small arrays pickled one by one costs far more than
 the arrays' bytes. Small arrays of one shape and dtype are therefore sent as one stacked
-array, a single buffer, and split back into rows (views, no copies) on arrival. Large arrays
-travel as they are: each one's buffer crosses out of band (see ``_channel``), and stacking
-would only add a copy.
+array, a single buffer, and arrive as that array: a model that collates with ``"stack"``
+gets it as it is, and one that takes a list gets its rows (views, no copies). Outputs that a
+model returned as one array cross the same way, never split into rows on the way. Large
+arrays travel as they are: each one's buffer crosses out of band (see ``_channel``), and
+stacking would only add a copy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -28,8 +30,10 @@ class _Rows:
     stacked: np.ndarray
 
 
-def pack(items: Sequence[Any]) -> Any:
+def pack(items: Sequence[Any] | np.ndarray) -> Any:
     """What to send for ``items``: one stacked array where they allow it."""
+    if isinstance(items, np.ndarray):
+        return _Rows(items)  # already one array: a batch's outputs, or items from unpack()
     if len(items) < 2 or _large_array(items[0]):
         return items
     stacked = stack_uniform(items)
@@ -37,8 +41,11 @@ def pack(items: Sequence[Any]) -> Any:
 
 
 def unpack(payload: Any) -> Sequence[Any]:
-    """The items :func:`pack` was given (arrays come back as rows of one array)."""
-    return list(payload.stacked) if isinstance(payload, _Rows) else payload
+    """The items :func:`pack` was given; arrays come back as one array, whose rows are the
+    items."""
+    if isinstance(payload, _Rows):
+        return cast(Sequence[Any], payload.stacked)  # an array is the sequence of its rows
+    return cast(Sequence[Any], payload)
 
 
 def pack_outcome(outcome: BatchOutcome) -> BatchOutcome:

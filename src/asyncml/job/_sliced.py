@@ -67,7 +67,7 @@ def _compact(ran: BatchOutcome) -> BatchOutcome:
     """Numbers out of an array, as one array again: from a worker process, one buffer
     crosses instead of a pickled numpy scalar per row."""
     values = ran.values
-    if ran.errors or not values or not isinstance(values[0], np.generic | np.ndarray):
+    if ran.errors or len(values) == 0 or not isinstance(values[0], np.generic | np.ndarray):
         return ran
     stacked = np.asarray(values)
     return ran if stacked.dtype == object else BatchOutcome(cast(Sequence[Any], stacked))
