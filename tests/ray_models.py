@@ -4,6 +4,7 @@ can import them."""
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import asyncml
@@ -50,3 +51,19 @@ def node_and_pid(batch: list[Any]) -> list[tuple[str, int]]:
 
 def shape_and_sum(batch: list[Any]) -> list[tuple[tuple[int, ...], float]]:
     return [(tuple(x.shape), float(x.sum())) for x in batch]
+
+
+def tripled_unless_held(batch: list[Any]) -> list[Any]:
+    """Numbers tripled. A string names a file: its item leaves ``<file>.held`` to say that
+    it runs, and answers ``"released"`` once the file exists, so that a test decides when a
+    request in flight may finish."""
+    answers: list[Any] = []
+    for item in batch:
+        if isinstance(item, str):
+            open(f"{item}.held", "w").close()
+            while not os.path.exists(item):
+                time.sleep(0.01)
+            answers.append("released")
+        else:
+            answers.append(3 * item)
+    return answers
