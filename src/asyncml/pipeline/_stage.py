@@ -125,9 +125,9 @@ def stage(
         TypeError: ``fn`` is not callable, or the options do not fit it.
         ValueError: an option is out of range.
     """
-    if not callable(fn):
-        raise TypeError(f"a stage needs a function or a model, got {fn!r}")
     is_model = _is_model(fn)
+    if not callable(fn) and not is_model:  # a Model instance need not be callable
+        raise TypeError(f"a stage needs a function or a model, got {fn!r}")
     is_async = _is_async(fn)
     if is_model:
         batched = True
