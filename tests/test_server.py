@@ -349,6 +349,10 @@ async def test_a_model_that_fails_to_start_is_reported_and_never_ready() -> None
         assert status == 503
         assert "failed" in error["error"]
         assert (await running.post(PREDICT, json={"input": 1}))[0] == 200
+        status, metrics = await running.get("/metrics")
+    assert status == 200
+    assert 'asyncml_model_ready{model="BrokenSetup"} 0.0' in metrics
+    assert 'asyncml_model_ready{model="double"} 1.0' in metrics
 
 
 async def test_metrics_report_requests_latency_batches_queue_and_loop_lag() -> None:

@@ -1,8 +1,9 @@
-"""``asyncml serve``: models over HTTP on uvicorn, until SIGTERM or Ctrl-C.
+"""``asyncml serve``: models and pipelines over HTTP on uvicorn, until SIGTERM or Ctrl-C.
 
-A thin wrapper of :mod:`asyncml.server`: it resolves the REFs, loads each model with the
-options given, runs :func:`asyncml.server.serving` and turns errors into one line and an
-exit code. Starlette and uvicorn are imported only when the command runs.
+A thin wrapper of :mod:`asyncml.server`: it resolves the REFs, loads each model (or opens
+each pipeline) with the options given, runs :func:`asyncml.server.serving` and turns errors
+into one line and an exit code. Starlette and uvicorn are imported only when the command
+runs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import click
 from .._errors import AsyncmlError, SetupError
 from .._loaded import LoadedModel, load
 from .._ref import RefError, resolve
+from ..pipeline import Pipeline, PipelineService
 from ._app import main
 from ._ray import RayUnavailable, file_modules, ray_for
 
@@ -86,7 +88,8 @@ class _OneLineErrors(click.Command):
     "--max-queue",
     type=click.IntRange(min=1),
     metavar="N",
-    help="Items queued per model before requests are refused with 503 (default 1024).",
+    help="Items queued per model (or inside a pipeline) before requests are refused with 503 "
+    "(default 1024).",
 )
 @click.option(
     "--max-body-mib",
@@ -127,6 +130,10 @@ def serve(
     {"input": x} or {"inputs": [...]}, and the Open Inference Protocol (v2) endpoints.
     /healthz, /readyz, /metrics and /openapi.json describe the server.
 
+    A REF may also name an asyncml.Pipeline, served under the REF's name: each item goes
+    through every stage. Its stages choose their own executors, workers and batching;
+    --max-queue and --timeout apply to it.
+
     \b
     Exit codes:
       0  stopped by SIGTERM or Ctrl-C, after finishing the requests in flight
@@ -143,7 +150,7 @@ def serve(
         "timeout": timeout,
         "max_queue": max_queue,
     }
-    models = [_model(ref, options) for ref in refs]
+    models = [_servable(ref, options) for ref in refs]
     from ..server import create_app
 
     try:
@@ -167,24 +174,43 @@ def serve(
         _fail(f"cannot listen on {host}:{port}: {error.strerror or error}", EXIT_USAGE)
 
 
-def _model(ref: str, options: dict[str, Any]) -> LoadedModel[Any, Any]:
-    """The loaded (not yet started) model that ``ref`` names."""
+#: The options a pipeline takes; its stages choose the others.
+_PIPELINE_OPTIONS = ("max_queue", "timeout")
+
+
+def _servable(ref: str, options: dict[str, Any]) -> LoadedModel[Any, Any] | PipelineService:
+    """The loaded model, or the opened pipeline, that ``ref`` names (not yet started)."""
     try:
         obj = resolve(ref).obj
     except RefError as error:
         _fail(str(error), EXIT_USAGE)
-    if isinstance(obj, LoadedModel):
-        given = [name for name, value in options.items() if value not in (None, "auto")]
+    given = [name for name, value in options.items() if value not in (None, "auto")]
+    if isinstance(obj, LoadedModel | PipelineService):
         if given:
-            flags = ", ".join("--" + name.replace("_", "-") for name in given)
-            _fail(f"{ref!r} is already loaded with its own options; drop {flags}", EXIT_USAGE)
+            message = f"{ref!r} is already loaded with its own options; drop {_flags(given)}"
+            _fail(message, EXIT_USAGE)
         return obj
+    if isinstance(obj, Pipeline):
+        refused = [name for name in given if name not in _PIPELINE_OPTIONS]
+        if refused:
+            _fail(
+                f"{ref!r} is a pipeline: its stages choose their executors, workers and "
+                f"batching; drop {_flags(refused)}",
+                EXIT_USAGE,
+            )
+        name = ref.rpartition(":")[2].rpartition(".")[2]  # as a function is served
+        chosen = {key: options[key] for key in _PIPELINE_OPTIONS if options[key] is not None}
+        return obj.open(name=name, **chosen)
     model: Any = obj
     try:
         loaded: LoadedModel[Any, Any] = load(model, **options)
         return loaded
     except (TypeError, ValueError) as error:
         _fail(f"{ref!r}: {error}", EXIT_USAGE)
+
+
+def _flags(names: list[str]) -> str:
+    return ", ".join("--" + name.replace("_", "-") for name in names)
 
 
 def _run_until_signalled(app: Any, **options: Any) -> None:

@@ -1,11 +1,10 @@
-"""The ASGI app: models, routes and the lifespan that loads and closes the models."""
+"""The ASGI app: models (and pipelines), routes and the lifespan that loads and closes them."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -13,7 +12,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from .._loaded import LoadedModel
 from .._looplag import LoopLagMonitor
 from . import _health, _v1, _v2
 from ._endpoint import Endpoint, Handler
@@ -23,10 +21,12 @@ from ._models import Models
 from ._openapi import OpenAPI
 from ._options import DEFAULT_MAX_BODY_SIZE, ServingOptions
 from ._problems import Problem
+from ._servable import Serves
 
 
 class ServingApp(Starlette):
-    """A Starlette app serving asyncml models over HTTP; make one with :func:`create_app`.
+    """A Starlette app serving asyncml models and pipelines over HTTP; make one with
+    :func:`create_app`.
 
     Its lifespan loads the models (see :meth:`running`): run it with uvicorn (or
     :func:`asyncml.server.serve`), or mount it in another app and enter :meth:`running` in
@@ -172,26 +172,32 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 
 
 def create_app(
-    models: Mapping[str, LoadedModel[Any, Any]] | Iterable[LoadedModel[Any, Any]],
+    models: Mapping[str, Serves] | Iterable[Serves],
     *,
     max_body_size: int = DEFAULT_MAX_BODY_SIZE,
     max_items_per_request: int = 1024,
     retry_after: float = 1.0,
 ) -> ServingApp:
-    """An ASGI app serving ``models`` (from :func:`asyncml.load`, not yet entered).
+    """An ASGI app serving ``models`` (from :func:`asyncml.load`, not yet entered) and
+    pipelines.
 
     The app's lifespan enters the models: don't enter them yourself. Their batching, queue
     bound (``max_queue``: requests beyond it get 503 at once) and default ``timeout`` are
-    the ones given to :func:`asyncml.load`.
+    the ones given to :func:`asyncml.load`. A :class:`~asyncml.Pipeline` is served as
+    ``pipeline.open()`` would run it (each request's items go through every stage); pass
+    ``pipeline.open(max_queue=..., timeout=...)``, not yet entered, to choose its queue
+    bound and default deadline.
 
     Args:
-        models: ``{name: model}``, or models served under their own ``name``.
+        models: ``{name: model or pipeline}``, or models served under their own ``name``
+            (a pipeline under the name given to ``open()``, else its stages' names joined
+            by ``+``).
         max_body_size: bytes a request body may have; larger ones get 413.
         max_items_per_request: items (or v2 rows) one request may carry; more get 422.
         retry_after: seconds that 503 answers ask clients to wait (``Retry-After``).
 
     Raises:
-        TypeError: a model is not a :class:`~asyncml.LoadedModel`.
+        TypeError: a model is neither a :class:`~asyncml.LoadedModel` nor a pipeline.
         ValueError: no models, two with one name, or an option out of range.
     """
     options = ServingOptions(

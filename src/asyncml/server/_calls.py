@@ -1,4 +1,5 @@
-"""Running a request's items through a model: bounded admission, deadlines, disconnects.
+"""Running a request's items through a model (or a pipeline): bounded admission, deadlines,
+disconnects.
 
 Admission never waits: every item is queued with ``call_nowait``, and a full queue refuses
 the whole request at once (503), withdrawing the items it had already queued. Once a
@@ -6,7 +7,8 @@ request's items have waited ``WATCH_AFTER`` seconds, the client's connection is 
 it goes away, the items are cancelled, and the batcher drops those not yet dispatched, so
 nobody computes an answer no one will read. Most requests are answered sooner, and never
 pay for a watcher (a task each). Deadlines travel with the items: the batcher fails an item
-whose deadline passes before its batch is dispatched, without computing it.
+whose deadline passes before its batch is dispatched, without computing it. A pipeline does
+the same stage by stage: each stage drops the withdrawn and expired items it takes.
 """
 
 from __future__ import annotations
@@ -16,15 +18,15 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .._errors import AsyncmlError
-from .._loaded import LoadedModel
 from ._http import Receive
 from ._models import ServedModel
 from ._problems import ClientGone, from_error
+from ._servable import Servable
 
 
 async def run_items(
     served: ServedModel,
-    model: LoadedModel[Any, Any],
+    model: Servable,
     items: Sequence[Any],
     *,
     item_timeout: float | None,

@@ -1,9 +1,10 @@
-"""Prometheus metrics: what the server answered, and what its models and event loop report.
+"""Prometheus metrics: what the server answered, and what its models, pipelines and event
+loop report.
 
 Requests are counted in plain dicts on the event loop (a few dict operations per request,
-no locks); everything else is read at scrape time from public snapshots: each model's
-``statistics()`` and the event loop's :class:`~asyncml.LoopLagMonitor`. Each app has its own
-registry, so two apps in one process never share or clash over metrics.
+no locks); everything else is read at scrape time from public snapshots: each model's or
+pipeline's ``statistics()`` and the event loop's :class:`~asyncml.LoopLagMonitor`. Each app
+has its own registry, so two apps in one process never share or clash over metrics.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from .._looplag import LoopLagMonitor
 from .._stats import ModelStatistics
+from ..pipeline import PipelineStatistics
 from ._models import Models, State
 
 #: Upper bounds (seconds) of the request-duration histogram's buckets.
@@ -65,6 +67,7 @@ class ServerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from self._request_metrics()
         yield from self._model_metrics()
+        yield from self._pipeline_metrics()
         yield from self._lag_metrics()
 
     def _request_metrics(self) -> Iterator[Metric]:
@@ -122,9 +125,10 @@ class ServerCollector(Collector):
         for served in self._models:
             name, state = served.name, served.state
             ready.add_metric([name], 1.0 if state is State.READY else 0.0)
-            if state is State.LOADING:
-                continue
+            if not served.started or served.kind != "model":  # loading, failed to start, or
+                continue  # a pipeline (see _pipeline_metrics)
             stats = served.model.statistics()
+            assert isinstance(stats, ModelStatistics)
             workers.add_metric([name], stats.workers)
             queued.add_metric([name], stats.queued)
             in_flight.add_metric([name], stats.in_flight)
@@ -135,6 +139,42 @@ class ServerCollector(Collector):
                 latency.add_metric([name, quantile], ms / 1e3)
             restarts.add_metric([name], stats.worker_restarts)
         yield from (ready, workers, queued, in_flight, items, batches, latency, restarts)
+
+    def _pipeline_metrics(self) -> Iterator[Metric]:
+        labels = ["model", "stage"]
+        queued = GaugeMetricFamily(
+            "asyncml_pipeline_stage_queue_depth",
+            "Items waiting in the stage's input queue (or for a retry)",
+            labels=labels,
+        )
+        in_flight = GaugeMetricFamily(
+            "asyncml_pipeline_stage_in_flight_items", "Items the stage works on", labels=labels
+        )
+        done = CounterMetricFamily(
+            "asyncml_pipeline_stage_items",
+            "Items the stage finished with (passed on or failed for good), and items it "
+            "dropped unrun because their request was withdrawn, by outcome",
+            labels=[*labels, "outcome"],
+        )
+        retries = CounterMetricFamily(
+            "asyncml_pipeline_stage_retries",
+            "Tries the stage repeated after a failure",
+            labels=labels,
+        )
+        for served in self._models:
+            if not served.started or served.kind != "pipeline":
+                continue
+            stats = served.model.statistics()
+            assert isinstance(stats, PipelineStatistics)
+            for stage in stats.stages:
+                key = [served.name, stage.name]
+                queued.add_metric(key, stage.queued)
+                in_flight.add_metric(key, stage.in_flight)
+                done.add_metric([*key, "ok"], stage.done - stage.failures)
+                done.add_metric([*key, "failed"], stage.failures)
+                done.add_metric([*key, "withdrawn"], stage.withdrawn)
+                retries.add_metric(key, stage.retries)
+        yield from (queued, in_flight, done, retries)
 
     def _lag_metrics(self) -> Iterator[Metric]:
         monitor = self._lag()

@@ -5,7 +5,8 @@ answers while weights load, ``/readyz`` and every model endpoint answer 503 unti
 model's workers have all run ``setup()``. Models load concurrently; one that fails to start
 stays failed (503, with its error) without taking the others down, and so does one whose
 workers have all died with none able to restart (process workers replace a dead worker, and
-the model stays ready while any worker is left).
+the model stays ready while any worker is left). A pipeline is served the same way: ready
+once every stage's workers are set up, failed once a stage has lost every worker for good.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import asyncio
 import copy
 import enum
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
 
 from .._errors import AsyncmlError, Closed, SetupError
-from .._loaded import LoadedModel
+from ..pipeline import StageError
 from ._problems import Problem, retry_after
+from ._servable import Servable, Serves, answers_lists, kind_of, servable
 
 
 class State(enum.Enum):
@@ -33,13 +34,19 @@ class State(enum.Enum):
 
 
 class ServedModel:
-    """One model of the app, under the name it is served as."""
+    """One model (or pipeline) of the app, under the name it is served as."""
 
-    def __init__(self, name: str, model: LoadedModel[Any, Any]):
+    def __init__(self, name: str, model: Servable):
         self.name = name
         self.model = model
+        #: "model" or "pipeline", as messages call it
+        self.kind = kind_of(model)
+        #: each item's answer is a list of outputs, which the v2 protocol cannot carry
+        self.answers_lists = answers_lists(model)
         self._state = State.LOADING
         self.error: AsyncmlError | None = None
+        #: it was entered: its statistics can be read (it may have failed or stopped since)
+        self.started = False
         self._settled = asyncio.Event()  # set once it is ready, failed or stopped
 
     @property
@@ -47,12 +54,16 @@ class ServedModel:
         """Where the model is. A ready model whose workers have all died, none of which
         could be restarted, is failed from then on (read from its statistics, so that
         probes see it even when no request has run into it)."""
-        if self._state is State.READY and self.model.statistics().broken:
-            message = f"model {self.name!r}: every worker died and none could be restarted"
-            self._fail(SetupError(message, model=self.name))
+        self._check_workers()
         return self._state
 
-    def require_ready(self, retry_seconds: float) -> LoadedModel[Any, Any]:
+    def _check_workers(self) -> None:
+        if self._state is State.READY and self.model.statistics().broken:
+            workers = "every worker" if self.kind == "model" else "every worker of a stage"
+            message = f"{self.kind} {self.name!r}: {workers} died and none could be restarted"
+            self._fail(SetupError(message, model=self.name))
+
+    def require_ready(self, retry_seconds: float) -> Servable:
         """The running model.
 
         Raises:
@@ -67,16 +78,22 @@ class ServedModel:
             State.STOPPED: "is stopped",
         }[self._state]
         raise Problem(
-            503, "unavailable", f"model {self.name!r} {reason}", headers=retry_after(retry_seconds)
+            503,
+            "unavailable",
+            f"{self.kind} {self.name!r} {reason}",
+            headers=retry_after(retry_seconds),
         )
 
     def note_error(self, error: AsyncmlError) -> None:
         """Marks the model failed when an item's error says that no worker can run it any
         more: a :class:`SetupError`, which items get only once the last worker has died and
-        could not be restarted. Other errors (an item that kills its worker, a model error,
-        a deadline, overload) leave the model ready."""
+        could not be restarted (for a pipeline, a stage's error caused by one). Other errors
+        (an item that kills its worker, a model error, a deadline, overload) leave the model
+        ready."""
         if isinstance(error, SetupError):
             self._fail(error)
+        elif isinstance(error, StageError) and error.cause_type == SetupError.__qualname__:
+            self._check_workers()
 
     def _fail(self, error: AsyncmlError) -> None:
         if self._state is State.READY:
@@ -88,6 +105,7 @@ class ServedModel:
         """Loads the model, serves it until ``stop`` is set, then drains and closes it."""
         try:
             async with self.model:
+                self.started = True
                 self._state = State.READY
                 self._settled.set()
                 await stop.wait()
@@ -115,22 +133,20 @@ class ServedModel:
             assert self.error is not None
             raise self.error
         if self._state is not State.READY:
-            raise Closed(f"model {self.name!r} stopped before it was ready", model=self.name)
+            message = f"{self.kind} {self.name!r} stopped before it was ready"
+            raise Closed(message, model=self.name)
 
 
 class Models:
-    """The app's models by name."""
+    """The app's models (and pipelines) by name."""
 
-    def __init__(
-        self, models: Mapping[str, LoadedModel[Any, Any]] | Iterable[LoadedModel[Any, Any]]
-    ):
-        pairs = models.items() if isinstance(models, Mapping) else ((m.name, m) for m in models)
+    def __init__(self, models: Mapping[str, Serves] | Iterable[Serves]):
+        if isinstance(models, Mapping):
+            pairs = [(name, servable(model, name)) for name, model in models.items()]
+        else:
+            pairs = [(served.name, served) for served in (servable(m, None) for m in models)]
         self._by_name: dict[str, ServedModel] = {}
         for name, model in pairs:
-            if not isinstance(model, LoadedModel):
-                raise TypeError(
-                    f"expected models made by asyncml.load(), got {model!r} for {name!r}"
-                )
             if not name or "/" in name:
                 raise ValueError(f"a model's name must be non-empty and free of '/', not {name!r}")
             if name in self._by_name:

@@ -21,6 +21,7 @@ _ERROR = {
         "error": {"type": "string", "description": "one line for people"},
         "type": {"type": "string", "description": "e.g. validation_error, overloaded"},
         "field": {"type": "string", "description": "the request field at fault (422)"},
+        "stage": {"type": "string", "description": "the pipeline stage where the item failed"},
     },
 }
 _REASONS = {
@@ -28,8 +29,9 @@ _REASONS = {
     404: "no such model (or version)",
     413: "body over the size limit",
     415: "unsupported content type",
-    422: "invalid field (named in 'field')",
-    500: "the model failed for an item",
+    422: "invalid field (named in 'field'); on v2 infer, also a pipeline whose answers are "
+    "lists (a flat stage)",
+    500: "the model (or a pipeline stage, named in 'stage') failed for an item",
     503: "overloaded, loading, failed or shutting down: retry after Retry-After seconds",
     504: "the deadline passed before the item ran",
 }
@@ -174,7 +176,8 @@ def openapi_document(model_names: list[str], options: ServingOptions) -> dict[st
             "/v1/models": get("The served models and their states", _MODEL_STATES),
             "/v1/models/{name}/predict": {
                 "post": {
-                    "summary": "Runs one item ('input') or a list ('inputs') through a model",
+                    "summary": "Runs one item ('input') or a list ('inputs') through a model "
+                    "or a pipeline",
                     "parameters": [name, _TIMEOUT_HEADER],
                     "requestBody": {
                         "required": True,

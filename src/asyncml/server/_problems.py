@@ -1,8 +1,9 @@
 """HTTP errors as values: the status, a machine-readable type and a one-line message.
 
 Every error response has the same JSON body, ``{"error": message, "type": type}`` plus
-``"field"`` for validation errors: the Open Inference Protocol's ``{"error": message}`` with
-two more keys. No response ever carries a traceback.
+``"field"`` for validation errors and ``"stage"`` for a pipeline stage's error: the Open
+Inference Protocol's ``{"error": message}`` with more keys. No response ever carries a
+traceback.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .._errors import (
     SetupError,
     WorkerCrashed,
 )
+from ..pipeline import StageError
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -32,6 +34,7 @@ class Problem(Exception):
         type: a short machine-readable name, e.g. ``"validation_error"``.
         message: one line for people.
         field: the request field at fault (validation errors), dotted, e.g. ``"inputs.0.shape"``.
+        stage: the pipeline stage where the item failed.
         headers: extra response headers, e.g. ``Retry-After``.
     """
 
@@ -42,6 +45,7 @@ class Problem(Exception):
         message: str,
         *,
         field: str | None = None,
+        stage: str | None = None,
         headers: Headers | None = None,
     ):
         super().__init__(message)
@@ -49,6 +53,7 @@ class Problem(Exception):
         self.type = type
         self.message = message
         self.field = field
+        self.stage = stage
         self.headers: Headers = headers or []
 
     def body(self) -> bytes:
@@ -56,6 +61,8 @@ class Problem(Exception):
         payload: dict[str, str] = {"error": self.message, "type": self.type}
         if self.field is not None:
             payload["field"] = self.field
+        if self.stage is not None:
+            payload["stage"] = self.stage
         return orjson.dumps(payload)
 
 
@@ -82,6 +89,11 @@ def from_error(error: AsyncmlError, *, retry_seconds: float) -> Problem:
         return Problem(504, "deadline_exceeded", message)
     if isinstance(error, Closed | SetupError):
         return Problem(503, "unavailable", message, headers=retry_after(retry_seconds))
+    if isinstance(error, StageError):
+        if error.cause_type == SetupError.__qualname__:  # the stage has no worker left
+            headers = retry_after(retry_seconds)
+            return Problem(503, "unavailable", message, stage=error.stage, headers=headers)
+        return Problem(500, "stage_error", message, stage=error.stage)
     if isinstance(error, WorkerCrashed):
         return Problem(500, "worker_crashed", message)
     if isinstance(error, ModelError):

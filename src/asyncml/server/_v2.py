@@ -5,6 +5,10 @@
 ``GET /v2/health/ready`` and ``GET /v2`` (server metadata). Every model has one version,
 ``"1"``. A request's deadline is ``parameters.timeout`` in microseconds (as tritonclient
 sends it) or the ``X-Request-Timeout`` header in seconds.
+
+A pipeline is served like a model, unless it has a ``flat`` stage: its answer per item is a
+list of any length, which tensors of one row per item cannot hold, so ``infer`` refuses it
+with 422 (``unsupported_protocol``) and points to the v1 endpoint.
 """
 
 from __future__ import annotations
@@ -59,6 +63,14 @@ class Infer:
     async def __call__(self, scope: Scope, receive: Receive) -> Reply:
         options = self._options
         served = _served(self._models, scope)
+        if served.answers_lists:
+            raise Problem(
+                422,
+                "unsupported_protocol",
+                f"pipeline {served.name!r} answers each item with a list of outputs (it has a "
+                "flat stage), which v2 tensors cannot hold: use "
+                f"POST /v1/models/{served.name}/predict",
+            )
         model = served.require_ready(options.retry_after)
         headers = request_headers(scope)
         json_length = _json_length(headers)
