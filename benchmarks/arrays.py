@@ -1,11 +1,12 @@
 """Large arrays through workers: asyncml's thread executor against its process executor.
 
-One item is a 1000x1000 float64 array (8 MB). Models:
+One item is a 1000x1000 array, float32 by default (4 MB; ``--dtype float64`` for 8 MB).
+Models:
 
-``identity``  the array comes back: 8 MB cross each way per item (the worst case for
+``identity``  the array comes back: 4 MB cross each way per item (the worst case for
               processes; threads pass a reference)
-``sum``       a cheap reduction, ``float(x.sum())``: 8 MB go, a float comes back
-``project``   ``x @ W`` with a fixed 1000x100 ``W``: some compute (BLAS), 800 KB come back
+``sum``       a cheap reduction, ``float(x.sum())``: 4 MB go, a float comes back
+``project``   ``x @ W`` with a fixed 1000x100 ``W``: some compute (BLAS), 400 KB come back
 
 A thread worker reads the caller's array where it is; a process worker gets it through
 shared memory, which costs the parent one copy of it (and one more for each array that
@@ -16,10 +17,11 @@ Each measurement runs in a fresh process: ``callers`` closed-loop coroutines eac
 ``await model(x)`` over ``items`` calls (a pool of distinct arrays, reused), after one
 untimed pass that starts the workers and sizes their shared memory. Repeats are
 interleaved (thread, process, thread, process, ...) and the table gives medians: ms per
-item, and the ratio of process to thread within each repeat.
+item, and the ratio of process to thread within each repeat; ``--json PATH`` writes the
+rows (``model``, ``dtype``, per-executor ms per item and per-repeat figures, ``ratio``).
 
 Run:  python benchmarks/arrays.py [--models identity,sum] [--items 200] [--repeats 3]
-      [--workers 1] [--callers 8] [--max-batch-size 4]
+      [--workers 1] [--callers 8] [--max-batch-size 4] [--dtype float32] [--json PATH]
 """
 
 from __future__ import annotations
@@ -54,10 +56,11 @@ def sum_each(batch: list[Any]) -> list[float]:
 
 #: ``project``'s matrix, the same in every process (each builds it from the seed).
 PROJECTION = np.random.default_rng(1).random((SHAPE[1], 100))
+PROJECTIONS = {dtype: PROJECTION.astype(dtype) for dtype in ("float32", "float64")}
 
 
 def project(batch: list[Any]) -> list[Any]:
-    return [x @ PROJECTION for x in batch]
+    return [x @ PROJECTIONS[x.dtype.name] for x in batch]
 
 
 MODELS = {"identity": identity, "sum": sum_each, "project": project}
@@ -73,6 +76,7 @@ class Case:
     items: int
     callers: int
     max_batch_size: int
+    dtype: str = "float32"
 
 
 async def measure(case: Case) -> float:
@@ -82,7 +86,7 @@ async def measure(case: Case) -> float:
         AssertionError: an output differs from what the model computes here.
     """
     rng = np.random.default_rng(0)
-    pool = [rng.random(SHAPE) for _ in range(POOL)]
+    pool = [rng.random(SHAPE, dtype=case.dtype) for _ in range(POOL)]
     predict = MODELS[case.model]
     expected = predict(pool)
     async with asyncml.load(
@@ -95,7 +99,7 @@ async def measure(case: Case) -> float:
         async def caller(first: int, count: int) -> None:
             for index in range(first, count, case.callers):
                 output = await model(pool[index % POOL])
-                if index < POOL:  # outputs are checked, not kept: identity's are 8 MB
+                if index < POOL:  # outputs are checked, not kept: identity's are large
                     assert np.allclose(output, expected[index]), f"wrong output {index}"
 
         async def run(count: int) -> None:
@@ -132,6 +136,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, help="for both executors")
     parser.add_argument("--callers", type=int, default=8)
     parser.add_argument("--max-batch-size", type=int, default=4)
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--json", help="write the rows to this file")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one is not None:
@@ -143,7 +149,9 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown models {unknown}; known: {', '.join(MODELS)}")
     cases = [
-        Case(model, executor, args.workers, args.items, args.callers, args.max_batch_size)
+        Case(
+            model, executor, args.workers, args.items, args.callers, args.max_batch_size, args.dtype
+        )
         for model in models
         for executor in EXECUTORS
     ]
@@ -156,11 +164,12 @@ def main() -> int:
                   file=sys.stderr, flush=True)  # fmt: skip
 
     print(
-        f"{SHAPE[0]}x{SHAPE[1]} float64 items, workers={args.workers} callers={args.callers} "
+        f"{SHAPE[0]}x{SHAPE[1]} {args.dtype} items, workers={args.workers} callers={args.callers} "
         f"max_batch_size={args.max_batch_size}, {args.items} items, "
         f"median of {args.repeats} interleaved repeats"
     )
     print(f"{'model':<10}{'thread ms/item':>16}{'process ms/item':>17}{'process/thread':>16}")
+    rows = []
     for model in models:
         thread, process = (seconds[c] for c in cases if c.model == model)
         ratio = statistics.median(p / t for p, t in zip(process, thread, strict=True))
@@ -168,6 +177,21 @@ def main() -> int:
             f"{model:<10}{statistics.median(thread) * 1e3:>16.2f}"
             f"{statistics.median(process) * 1e3:>17.2f}{ratio:>15.2f}x"
         )
+        rows.append(
+            {
+                "model": model,
+                "dtype": args.dtype,
+                "shape": list(SHAPE),
+                "thread_ms_per_item": statistics.median(thread) * 1e3,
+                "process_ms_per_item": statistics.median(process) * 1e3,
+                "thread_runs_ms": [t * 1e3 for t in thread],
+                "process_runs_ms": [p * 1e3 for p in process],
+                "ratio": ratio,
+            }
+        )
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(rows, file, indent=2)
     return 0
 
 
