@@ -86,7 +86,7 @@ async def measure(case: Case) -> float:
         AssertionError: an output differs from what the model computes here.
     """
     rng = np.random.default_rng(0)
-    pool = [rng.random(SHAPE, dtype=case.dtype) for _ in range(POOL)]
+    pool = [rng.random(SHAPE).astype(case.dtype) for _ in range(POOL)]
     predict = MODELS[case.model]
     expected = predict(pool)
     async with asyncml.load(
