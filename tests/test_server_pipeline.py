@@ -169,7 +169,7 @@ async def test_a_client_that_disconnects_has_its_items_withdrawn() -> None:
             + body
         )
         await writer.drain()
-        await until(lambda: service(running).statistics().read == 3)
+        await until(lambda: service(running).statistics().read == 3, limit=100_000)
         writer.close()
         await writer.wait_closed()
         await until(lambda: running.status_count("digits", "v1_predict", 499) == 1, limit=100_000)
@@ -186,7 +186,7 @@ async def test_a_full_pipeline_refuses_at_once_with_503_and_serves_again_after()
     served = digits(store, concurrency=1).open(max_queue=2, name="digits")
     async with started({"digits": served}, retry_after=2) as running, asyncio.TaskGroup() as group:
         held = [group.create_task(running.post(PREDICT, json={"input": i})) for i in (0, 1)]
-        await until(lambda: served.statistics().read == 2)
+        await until(lambda: served.statistics().read == 2, limit=100_000)
         status, error, response = await running.post(PREDICT, json={"input": 2})
         assert (status, error["type"]) == (503, "overloaded")
         assert error["error"] == "pipeline 'digits' holds 2 items already"
