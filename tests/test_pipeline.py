@@ -149,6 +149,33 @@ async def test_retries_back_off_exponentially_on_the_loop_clock(clock: FakeClock
     assert summary.stages[0].retries == 3
 
 
+async def test_each_stage_counts_the_items_it_received_once() -> None:
+    tries: dict[int, int] = {}
+
+    def flaky(item: int) -> int:
+        tries[item] = tries.get(item, 0) + 1
+        if item % 2 and tries[item] == 1:
+            raise ConnectionError("try again")
+        return item
+
+    def repeat(item: int) -> list[int]:
+        return [item] * (item % 3)
+
+    pipeline = Pipeline(
+        inline(flaky, retry=Retry(attempts=2, backoff=0.0)),
+        inline(repeat, flat=True),
+        stage(double, executor="thread"),
+    )
+    summary = await pipeline.run(range(30))
+    first, split, _ = summary.stages
+    assert first.retries == 15  # retried items are not received twice
+    assert [s.received for s in summary.stages] == [30, 30, split.emitted]
+    assert split.emitted == sum(item % 3 for item in range(30))
+    for counters in summary.stages:
+        assert counters.received == counters.done + counters.withdrawn
+        assert counters.in_flight == counters.queued == 0
+
+
 async def test_only_the_named_errors_are_retried(clock: FakeClockLoop) -> None:
     calls = 0
 

@@ -135,6 +135,7 @@ async def test_a_cancelled_call_is_withdrawn_before_the_next_stage() -> None:
         stats = service.statistics()
     assert seen == ["kept"]
     assert [s.withdrawn for s in stats.stages] == [0, 1]
+    assert [s.received for s in stats.stages] == [2, 2]  # the second stage dropped one
 
 
 async def test_waiting_for_room_counts_against_the_deadline() -> None:

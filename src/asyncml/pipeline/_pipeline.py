@@ -293,22 +293,23 @@ class PipelineRun:
     # -- wiring ----------------------------------------------------------------------------
 
     def _wire(self) -> None:
-        stages = self._pipeline.stages
-        inboxes = [Channel(s.queue) for s in stages]
-        for position, definition in enumerate(stages):
-            last = position + 1 == len(stages)
+        # From the last stage back: each stage hands its outputs to the next one's put().
+        after: StageRun | None = None
+        for definition in reversed(self._pipeline.stages):
             run = StageRun(
                 definition,
-                inboxes[position],
-                downstream=self._deliver if last else inboxes[position + 1].put,
-                when_done=None if last else inboxes[position + 1].close,
+                Channel(definition.queue),
+                downstream=self._deliver if after is None else after.put,
+                when_done=None if after is None else after.inbox.close,
                 fan_out=self._outputs.fan_out,
                 on_failure=self._dead,
                 withdrawn=self._withdrawn,
             )
-            if definition.kind == "pool":
-                run.model = definition.load()
-            self._stages.append(run)
+            self._stages.insert(0, run)
+            after = run
+        for run in self._stages:
+            if run.stage.kind == "pool":
+                run.model = run.stage.load()
 
     def _start(self, group: asyncio.TaskGroup) -> None:
         self._tasks.append(group.create_task(self._feed(), name="asyncml-pipeline-source"))
@@ -321,9 +322,9 @@ class PipelineRun:
             self._tasks.append(group.create_task(self._show_progress(), name="asyncml-progress"))
 
     async def _feed(self) -> None:
-        first = self._stages[0].inbox
+        first = self._stages[0]
         outputs = self._outputs
-        chunk_size = min(SOURCE_CHUNK, first.capacity)
+        chunk_size = min(SOURCE_CHUNK, first.inbox.capacity)
         index = 0
         try:
             if isinstance(self._items, AsyncIterable):
@@ -352,7 +353,7 @@ class PipelineRun:
             outputs.fail(failure)
             return
         finally:
-            first.close()
+            first.inbox.close()
         outputs.source_done()
 
     async def _deliver(self, items: list[Item]) -> None:

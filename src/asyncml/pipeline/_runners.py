@@ -61,6 +61,13 @@ class StageRun:
         self.received = self.done = self.emitted = self.in_flight = 0
         self.retries = self.failures = self.withdrawn = 0
 
+    async def put(self, chunk: list[Item]) -> None:
+        """Queues items that reached the stage (from the source or the stage before),
+        first waiting for room; they count as received once queued. Retries re-enter the
+        queue without passing here, so each item is received once."""
+        await self.inbox.put(chunk)
+        self.received += len(chunk)
+
     def workers(self) -> list[Coroutine[Any, Any, None]]:
         """The worker loops to run as tasks; the last to end calls ``when_done``."""
         stage = self.stage

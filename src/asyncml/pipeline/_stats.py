@@ -13,7 +13,9 @@ class StageStatistics:
 
     Attributes:
         name: the stage's name.
-        received: items that reached the stage.
+        received: items that entered the stage's queue, each once (a retry is not counted
+            again): those not yet ``done`` or ``withdrawn`` are in flight or queued, so a
+            run that went to its end has ``received == done + withdrawn``.
         done: items the stage finished with (emitted outputs or failed for good).
         emitted: outputs it passed on (differs from ``done`` for filters and flat-maps).
         in_flight: items being worked on now.
