@@ -3,6 +3,7 @@ can import them."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from typing import Any
@@ -14,6 +15,20 @@ def tripled_with_pid(batch: list[int]) -> list[tuple[int, int]]:
     """Each item tripled, with the worker's pid (so a test knows whom to kill)."""
     pid = os.getpid()
     return [(3 * x, pid) for x in batch]
+
+
+#: Calls of :func:`tripled_with_call` in this process so far.
+_CALLS = itertools.count(1)
+
+
+def tripled_with_call(batch: list[int]) -> list[tuple[int, int, int]]:
+    """Each item tripled, with what the items of one call share: the worker's pid and the
+    call's number in that worker. Raises for a batch holding a negative number (a model
+    bug, not a crash)."""
+    if any(x < 0 for x in batch):
+        raise ValueError("negative numbers are not welcome")
+    pid, call = os.getpid(), next(_CALLS)
+    return [(3 * x, pid, call) for x in batch]
 
 
 class SetsUpOnce(asyncml.Model[int, tuple[int, int]]):

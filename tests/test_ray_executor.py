@@ -1,14 +1,16 @@
 """Ray actors, against a real local Ray (two CPUs) and a simulated cluster of three nodes:
 batches cross whole, arrays through the object store, the pool scales between its bounds,
-and no actor outlives its block. The crash contract it shares with process workers is in
-``test_ray_crash_contract``."""
+pipeline stages run on actors, and no actor outlives its block. The crash contract it
+shares with process workers is in ``test_ray_crash_contract``."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import threading
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,8 @@ import numpy as np
 import pytest
 
 import asyncml
-from asyncml.executors import RayExecutor
+from asyncml.executors import BatchDone, RayExecutor
+from asyncml.pipeline import Pipeline, stage
 from tests import process_models, ray_models
 from tests.helpers import until
 from tests.ray_session import ray_cluster, ray_local, ray_session  # noqa: F401  # fixtures
@@ -125,6 +128,73 @@ def test_a_bad_pool_size_is_refused() -> None:
 
 async def process_models_async(batch: list[int]) -> list[int]:
     return batch
+
+
+# -- pipeline stages on Ray actors ------------------------------------------------------------
+
+
+async def parse(text: str) -> int:
+    await asyncio.sleep(0)
+    return int(text)
+
+
+def plus_one(answer: tuple[int, int, int]) -> tuple[int, int, int]:
+    value, pid, call = answer
+    return value + 1, pid, call
+
+
+class NotesBatches(RayExecutor):
+    """A Ray pool that notes the size of each batch its stage hands it."""
+
+    def __init__(self, actors: int, **options: Any) -> None:
+        super().__init__(actors, **options)
+        self.sizes: list[int] = []
+
+    def submit(self, items: Sequence[Any], done: BatchDone) -> None:
+        self.sizes.append(len(items))
+        super().submit(items, done)
+
+
+async def test_a_pipeline_stage_runs_on_ray_actors() -> None:
+    bad = {13, 213}  # given as negative numbers: the model raises for them
+    source = [str(-x if x in bad else x) for x in range(400)]
+    triple = stage(ray_models.tripled_with_call, batched=True, executor="ray", workers=2)
+    pipeline = Pipeline(stage(parse), triple, stage(plus_one, executor="inline"))
+    async with pipeline.stream(source, with_index=True) as outputs:
+        got = [pair async for pair in outputs]
+    good = [x for x in range(400) if x not in bad]
+    assert [index for index, _ in got] == good  # in source order, the failed ones left out
+    assert [value for _, (value, _, _) in got] == [3 * x + 1 for x in good]
+    assert os.getpid() not in {pid for _, (_, pid, _) in got}
+    summary = outputs.summary()
+    assert (summary.outputs, summary.failed) == (398, 2)
+    letters = sorted(summary.dead_letters, key=lambda letter: letter.index)
+    assert [(d.index, d.stage, d.item, d.error_type) for d in letters] == [
+        (13, "tripled_with_call", -13, "ValueError"),
+        (213, "tripled_with_call", -213, "ValueError"),
+    ]
+    assert letters[0].message == "negative numbers are not welcome"
+
+
+async def test_a_ray_stage_runs_whole_batches_and_loses_nothing_to_a_killed_actor() -> None:
+    pool = NotesBatches(2, num_cpus=0.5)
+    triple = stage(ray_models.tripled_with_call, batched=True, executor=pool, batch_size=16)
+    pipeline = Pipeline(stage(parse), triple, stage(plus_one, executor="inline"))
+    got: list[tuple[int, tuple[int, int, int]]] = []
+    async with pipeline.stream(map(str, range(2_000)), with_index=True) as outputs:
+        async for index, answer in outputs:
+            got.append((index, answer))
+            if index == 300:  # far from the end: the stage still has most items to run
+                os.kill(answer[1], signal.SIGKILL)
+    assert [index for index, _ in got] == list(range(2_000))  # every item once, in order
+    assert [value for _, (value, _, _) in got] == [3 * x + 1 for x in range(2_000)]
+    assert outputs.summary().failed == 0
+    assert pool.restarts >= 1
+    # One actor call per batch: the batches it ran are those the stage handed it, whole.
+    calls = Counter((pid, call) for _, (_, pid, call) in got)
+    assert sum(pool.served.values()) == len(pool.sizes) == len(calls)
+    assert sorted(calls.values()) == sorted(pool.sizes)
+    assert max(pool.sizes) > 1
 
 
 # -- last: these replace the local Ray with a cluster of three nodes -------------------------
