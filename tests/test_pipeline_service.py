@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 
 import pytest
 
 import asyncml
-from asyncml.pipeline import Pipeline, Retry, stage
+from asyncml.pipeline import Pipeline, PipelineFailed, Retry, stage
 from tests.helpers import until
 
 
@@ -151,6 +152,76 @@ async def test_waiting_for_room_counts_against_the_deadline() -> None:
             await service(2, timeout=0.01)
         gate.set()
         assert await first == 1
+
+
+class Crash(BaseException):
+    """Not an ``Exception``: a stage's worker lets it through, which breaks the run."""
+
+
+async def test_a_broken_run_answers_every_call_and_refuses_new_ones() -> None:
+    hold, crash_now, opened, leave = (asyncio.Event() for _ in range(4))
+
+    async def work(x: str) -> str:
+        if x == "crash":
+            await crash_now.wait()
+            raise Crash("the worker gave up")
+        await hold.wait()
+        return x
+
+    service = Pipeline(stage(work, concurrency=2)).open(max_queue=2)
+
+    async def owner() -> None:
+        async with service:
+            opened.set()
+            while not leave.is_set():
+                # The broken run cancels the task that entered the service; this one stays
+                # in the block a while, as a task busy elsewhere would.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await leave.wait()
+
+    owning = asyncio.create_task(owner())
+    await opened.wait()
+    held = service.call_nowait("held")
+    crashing = service.call_nowait("crash")
+    waiting = asyncio.ensure_future(service("waits for room"))
+    await until(lambda: service.statistics().stages[0].in_flight == 2)
+    assert not waiting.done()
+    crash_now.set()
+    async with asyncio.timeout(5):
+        outcomes = await asyncio.gather(held, crashing, waiting, return_exceptions=True)
+    for outcome in outcomes:
+        assert isinstance(outcome, asyncml.Closed)
+        assert str(outcome) == (
+            "pipeline 'work' stopped: stage 'work' broke: Crash: the worker gave up"
+        )
+        assert isinstance(outcome.__cause__, PipelineFailed)
+        assert isinstance(outcome.__cause__.__cause__, Crash)
+    with pytest.raises(asyncml.Closed, match="stopped: stage 'work' broke"):
+        service.call_nowait("later")
+    assert not owning.done()  # refused by the service itself, not by leaving the block
+    leave.set()
+    with pytest.raises(Crash):
+        await owning
+
+
+async def test_leaving_on_an_error_fails_the_calls_made_and_those_waiting_for_room() -> None:
+    gate = asyncio.Event()
+
+    async def held(x: int) -> int:
+        await gate.wait()
+        return x
+
+    with pytest.raises(RuntimeError, match="the caller's own"):
+        async with Pipeline(stage(held)).open(max_queue=1) as service:
+            made = service.call_nowait(1)
+            waiting = asyncio.ensure_future(service(2))
+            await asyncio.sleep(0)
+            raise RuntimeError("the caller's own error")
+    async with asyncio.timeout(5):
+        outcomes = await asyncio.gather(made, waiting, return_exceptions=True)
+    assert [type(outcome) for outcome in outcomes] == [asyncml.Closed, asyncml.Closed]
+    with pytest.raises(asyncml.Closed, match="pipeline 'held' is closed"):
+        service.call_nowait(3)
 
 
 def test_open_refuses_a_timeout_that_is_not_positive() -> None:

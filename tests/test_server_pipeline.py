@@ -259,6 +259,37 @@ async def test_a_pipeline_whose_process_stage_lost_every_worker_is_not_ready(
     assert 'asyncml_model_ready{model="fragile"} 0.0' in metrics
 
 
+def split(i: int) -> Any:
+    """A flat stage's function that returns no iterable for 13, which breaks its worker
+    (and so the pipeline's run) rather than failing the item."""
+    return 13 if i == 13 else [i]
+
+
+async def test_a_pipeline_whose_run_broke_fails_alone_and_the_others_serve_on() -> None:
+    models = {
+        "split": Pipeline(stage(split, executor="inline", flat=True)),
+        "digits": digits(Store()),
+    }
+    path = "/v1/models/split/predict"
+    async with started(models) as running:
+        assert (await running.post(path, json={"input": 1}))[:2] == (200, {"output": [1]})
+        status, error, _ = await running.post(path, json={"input": 13})
+        stopped = "pipeline 'split' stopped: stage 'split' broke: TypeError: 'int' object is not"
+        assert (status, error["type"]) == (503, "unavailable")
+        assert error["error"].startswith(stopped)
+        await eventually(lambda: running.app.models.get("split").state.value == "failed")
+        status, body = await running.get("/readyz")
+        assert status == 503
+        assert [(m["name"], m["state"]) for m in body["models"]] == [
+            ("split", "failed"),
+            ("digits", "ready"),
+        ]
+        assert body["models"][0]["error"].startswith(stopped)
+        assert (await running.post(path, json={"input": 2}))[0] == 503
+        status, body, _ = await running.post(PREDICT, json={"input": 5})
+        assert (status, body) == (200, {"output": int(LABELS[5])})
+
+
 async def test_metrics_count_requests_and_each_stage() -> None:
     async with started({"digits": digits(Store())}) as running:
         await running.post(PREDICT, json={"inputs": [1, 2, 3]})

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -199,6 +200,7 @@ class PipelineRun:
         self._closing = False
         self._kept: list[DeadLetter] = []
         self._failed = 0
+        self._error: PipelineFailed | None = None
         self._stages: list[StageRun] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stack = contextlib.AsyncExitStack()
@@ -265,6 +267,13 @@ class PipelineRun:
             yield ready
         self._finish_clock()
 
+    @property
+    def error(self) -> PipelineFailed | None:
+        """Why the run stopped before its end, if it did: more items failed than
+        ``max_failures`` allows, the source failed, or a stage broke (its worker raised
+        rather than failing an item: the error is the ``__cause__``)."""
+        return self._error
+
     def statistics(self) -> PipelineStatistics:
         """A snapshot of every stage's counters."""
         outputs = self._outputs
@@ -312,14 +321,38 @@ class PipelineRun:
                 run.model = run.stage.load()
 
     def _start(self, group: asyncio.TaskGroup) -> None:
-        self._tasks.append(group.create_task(self._feed(), name="asyncml-pipeline-source"))
+        def start(work: Coroutine[Any, Any, None], name: str, part: str) -> asyncio.Task[None]:
+            task = group.create_task(work, name=name)
+            task.add_done_callback(functools.partial(self._ended, part))
+            return task
+
+        self._tasks.append(start(self._feed(), "asyncml-pipeline-source", "the source"))
         for run in self._stages:
-            name = f"asyncml-pipeline-{run.stage.name}"
-            self._tasks.extend(group.create_task(work, name=name) for work in run.workers())
+            name, part = f"asyncml-pipeline-{run.stage.name}", f"stage {run.stage.name!r}"
+            self._tasks.extend(start(work, name, part) for work in run.workers())
         if self._file_sink is not None:
-            self._writer = group.create_task(self._write_letters(), name="asyncml-letters")
+            self._writer = start(self._write_letters(), "asyncml-letters", "the dead-letter file")
         if self._progress is not None:
-            self._tasks.append(group.create_task(self._show_progress(), name="asyncml-progress"))
+            progress = start(self._show_progress(), "asyncml-progress", "the progress display")
+            self._tasks.append(progress)
+
+    def _ended(self, part: str, task: asyncio.Task[None]) -> None:
+        """A task of the run ended. One that raised broke the run: the task group cancels
+        the others and the task that entered the run, and the consumer, whichever task it
+        runs in, raises :class:`PipelineFailed` at once rather than wait for outputs."""
+        if task.cancelled() or (error := task.exception()) is None:
+            return
+        failure = PipelineFailed(
+            f"{part} broke: {type(error).__name__}: {error}", failed=self._failed
+        )
+        failure.__cause__ = error
+        self._stop(failure)
+
+    def _stop(self, failure: PipelineFailed) -> None:
+        """Ends the run early: the consumer raises ``failure`` next (the first one kept)."""
+        if self._error is None:
+            self._error = failure
+        self._outputs.fail(failure)
 
     async def _feed(self) -> None:
         first = self._stages[0]
@@ -350,7 +383,7 @@ class PipelineRun:
                 failed=self._failed,
             )
             failure.__cause__ = error
-            outputs.fail(failure)
+            self._stop(failure)
             return
         finally:
             first.inbox.close()
@@ -373,7 +406,7 @@ class PipelineRun:
                 self._letters_waiting.set()
         self._outputs.drop(root)
         if self._failure_limit.exceeded(self._failed, self._outputs.delivered):
-            self._outputs.fail(
+            self._stop(
                 PipelineFailed(
                     f"pipeline stopped: {self._failed:,} items failed, over "
                     f"{self._failure_limit}; the last at stage {definition.name!r}, item "

@@ -58,6 +58,7 @@ class StageRun:
         self._retry_keys = itertools.count()
         self.model: LoadedModel[Any, Any] | None = None
         self.model_started = False  # set by the run once the model is entered
+        self.raised = False  # a worker raised (not an item's failure): the run broke
         self.received = self.done = self.emitted = self.in_flight = 0
         self.retries = self.failures = self.withdrawn = 0
 
@@ -81,7 +82,13 @@ class StageRun:
         return [self._until_done(loop) for loop in loops]
 
     async def _until_done(self, loop: Callable[[], Awaitable[None]]) -> None:
-        await loop()
+        try:
+            await loop()
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            self.raised = True
+            raise
         self._alive -= 1
         if not self._alive and self._when_done is not None:
             self._when_done()  # the last worker out closes the next stage's door
@@ -97,7 +104,8 @@ class StageRun:
             retries=self.retries,
             failures=self.failures,
             withdrawn=self.withdrawn,
-            broken=self.model_started and self.model is not None and self.model.statistics().broken,
+            broken=self.raised
+            or (self.model_started and self.model is not None and self.model.statistics().broken),
         )
 
     def cancel_retries(self) -> None:

@@ -7,6 +7,10 @@ gets exactly one outcome, and admission is bounded like a model's.
 A call can be withdrawn before its answer: its caller cancels the future, or its deadline
 passes (:class:`~asyncml.ItemTimeout`). The next stage to take the item drops it, so no
 later stage computes it; a stage already running it finishes.
+
+Once the service closes, or its run breaks (a stage's worker raised rather than failing an
+item), no call is left without an answer: the calls waiting for theirs, or for room, fail
+with :class:`~asyncml.Closed`, and so does every later call.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .._errors import Closed, ItemTimeout, Overloaded
-from ._failures import DeadLetter, FailureLimit, StageError
+from ._failures import DeadLetter, FailureLimit, PipelineFailed, StageError
 from ._outputs import NOTHING
 from ._stats import PipelineStatistics
 
@@ -34,7 +38,11 @@ class PipelineService:
     Returns each item's output, or for a pipeline with a ``flat`` stage the list of its
     outputs (possibly empty). An item that failed for good raises :class:`StageError` (a
     :class:`~asyncml.ModelError`) naming the stage. Leaving the block lets the items
-    already called finish.
+    already called finish; leaving it on an exception fails them with
+    :class:`~asyncml.Closed`. A run that breaks (a stage's worker raised, which the task
+    group reports by cancelling the task that entered the service) fails the calls made
+    and refuses new ones with :class:`~asyncml.Closed` at once, its ``__cause__`` the
+    run's :class:`PipelineFailed`; leaving the block raises the worker's error.
 
     Attributes:
         name: the name given to :meth:`Pipeline.open`, else the stages' names joined by
@@ -110,15 +118,20 @@ class PipelineService:
             for deadline in self._deadlines.values():
                 deadline.cancel()
             self._deadlines.clear()
-            for future in self._futures.values():
-                if not future.done():
-                    future.set_exception(Closed(f"pipeline {self.name!r} closed", model=self.name))
+            self._end()
             await self._run.__aexit__(exc_type, exc, tb)
 
     def statistics(self) -> PipelineStatistics:
         """The underlying run's counters, stage by stage; ``broken`` once a worker stage
-        has lost every worker for good."""
+        has lost every worker for good, or a stage broke the run."""
         return self._run.statistics()
+
+    @property
+    def error(self) -> PipelineFailed | None:
+        """What broke the run, if something did (a stage's worker raised: the error is its
+        ``__cause__``); the service answers every call with :class:`~asyncml.Closed`
+        from then on."""
+        return self._run.error
 
     def call_nowait(self, item: Any, *, timeout: float | None = None) -> asyncio.Future[Any]:
         """Sends ``item`` in at once and returns the future of its outcome.
@@ -132,10 +145,10 @@ class PipelineService:
 
         Raises:
             Overloaded: ``max_queue`` items are already in the pipeline.
-            Closed: the service is closing.
+            Closed: the service is closing, or its run broke.
         """
-        if self._closed:
-            raise Closed(f"pipeline {self.name!r} is closed", model=self.name)
+        if self._closed or self._run.error is not None:
+            raise self._closed_error("is closed")
         if len(self._futures) >= self._max_queue:
             raise Overloaded(
                 f"pipeline {self.name!r} holds {self._max_queue} items already", model=self.name
@@ -163,7 +176,7 @@ class PipelineService:
         Raises:
             StageError: the item failed for good at a stage.
             ItemTimeout: its deadline passed first.
-            Closed: the service closed first.
+            Closed: the service closed (or its run broke) first.
         """
         return self._call(item, self._timeout if timeout is None else timeout)
 
@@ -219,11 +232,32 @@ class PipelineService:
     async def _answer(self) -> None:
         try:
             await self._answer_all()
-        except Exception as error:  # a broken run: every waiting caller hears of it
-            for future in self._futures.values():
-                if not future.done():
-                    future.set_exception(error)
-            raise
+        except PipelineFailed as error:
+            if error is not self._run.error:
+                raise
+            # The run broke: the calls hear of it now (see _end); leaving the block raises
+            # the worker's own error, from the run's task group.
+        finally:
+            self._end()
+
+    def _end(self) -> None:
+        """No more answers will come (the run ended, broke or is being left): the calls
+        still waiting fail, so do the calls waiting for room and every later call."""
+        self._closed = True
+        self._poke_source()
+        for future in self._futures.values():
+            if not future.done():
+                future.set_exception(self._closed_error("closed"))
+        if self._room is not None:
+            self._room.set()  # the callers waiting for room see that it closed
+
+    def _closed_error(self, state: str) -> Closed:
+        failure = self._run.error
+        if failure is None:
+            return Closed(f"pipeline {self.name!r} {state}", model=self.name)
+        error = Closed(f"pipeline {self.name!r} stopped: {failure}", model=self.name)
+        error.__cause__ = failure
+        return error
 
     async def _answer_all(self) -> None:
         futures, collected, flat = self._futures, self._collected, self.flat

@@ -24,8 +24,9 @@ class StageStatistics:
         failures: items sent to the dead letters.
         withdrawn: items dropped before the stage ran them, because their caller gave up
             or their deadline passed (an open pipeline's calls; see :meth:`Pipeline.open`).
-        broken: a worker stage whose workers all died and none could be restarted: its
-            items can only fail.
+        broken: its items can only fail: a worker stage whose workers all died and none
+            could be restarted, or a stage whose worker raised (rather than failing an
+            item), which broke the run.
     """
 
     name: str

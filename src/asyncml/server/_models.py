@@ -6,7 +6,9 @@ model's workers have all run ``setup()``. Models load concurrently; one that fai
 stays failed (503, with its error) without taking the others down, and so does one whose
 workers have all died with none able to restart (process workers replace a dead worker, and
 the model stays ready while any worker is left). A pipeline is served the same way: ready
-once every stage's workers are set up, failed once a stage has lost every worker for good.
+once every stage's workers are set up, failed once a stage has lost every worker for good,
+or once a stage broke its run (a worker raised rather than failing an item), which also
+leaves the other models serving.
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ from __future__ import annotations
 import asyncio
 import copy
 import enum
+import logging
 from collections.abc import Iterable, Iterator, Mapping
 
 from .._errors import AsyncmlError, Closed, SetupError
 from ..pipeline import StageError
 from ._problems import Problem, retry_after
-from ._servable import Servable, Serves, answers_lists, kind_of, servable
+from ._servable import Servable, Serves, answers_lists, broke, kind_of, servable
+
+logger = logging.getLogger("asyncml.server")
 
 
 class State(enum.Enum):
@@ -27,7 +32,8 @@ class State(enum.Enum):
 
     LOADING = "loading"
     READY = "ready"
-    #: it could not start, or every worker died and none could be restarted
+    #: it could not start, every worker died and none could be restarted, or (a pipeline)
+    #: a stage broke its run
     FAILED = "failed"
     STOPPING = "stopping"
     STOPPED = "stopped"
@@ -59,6 +65,10 @@ class ServedModel:
 
     def _check_workers(self) -> None:
         if self._state is State.READY and self.model.statistics().broken:
+            failure = broke(self.model)
+            if failure is not None:
+                self._fail(_stopped(self.name, failure))
+                return
             workers = "every worker" if self.kind == "model" else "every worker of a stage"
             message = f"{self.kind} {self.name!r}: {workers} died and none could be restarted"
             self._fail(SetupError(message, model=self.name))
@@ -116,6 +126,16 @@ class ServedModel:
                 self._state, self.error = State.FAILED, error
                 return
             raise
+        except Exception as error:
+            failure = broke(self.model)
+            if failure is None or failure.__cause__ is not error:
+                raise
+            # A stage broke the pipeline's run (its task group cancelled this task, and
+            # leaving the block raised the worker's error): the pipeline failed, and the
+            # other models serve on.
+            logger.error("%s", failure, exc_info=error)
+            if self._state is not State.FAILED:
+                self._state, self.error = State.FAILED, _stopped(self.name, failure)
         finally:
             self._settled.set()
             if self._state is not State.FAILED:
@@ -135,6 +155,11 @@ class ServedModel:
         if self._state is not State.READY:
             message = f"{self.kind} {self.name!r} stopped before it was ready"
             raise Closed(message, model=self.name)
+
+
+def _stopped(name: str, failure: AsyncmlError) -> Closed:
+    """The error of a pipeline whose run broke, as its calls get it."""
+    return Closed(f"pipeline {name!r} stopped: {failure}", model=name)
 
 
 class Models:

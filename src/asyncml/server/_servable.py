@@ -12,7 +12,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from .._loaded import LoadedModel
-from ..pipeline import Pipeline, PipelineService
+from ..pipeline import Pipeline, PipelineFailed, PipelineService
 
 
 class Statistics(Protocol):
@@ -76,3 +76,8 @@ def answers_lists(served: Servable) -> bool:
     """Whether each item's answer is the list of its outputs (a pipeline with a ``flat``
     stage), which no tensor of one row per item can hold."""
     return isinstance(served, PipelineService) and served.flat
+
+
+def broke(served: Servable) -> PipelineFailed | None:
+    """What broke a served pipeline's run (a stage's worker raised), if something did."""
+    return served.error if isinstance(served, PipelineService) else None
