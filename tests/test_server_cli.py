@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -15,6 +19,8 @@ import pytest
 from click.testing import CliRunner
 
 import asyncml
+import asyncml.server
+from asyncml._gc import GC_THRESHOLD, fewer_collections
 from asyncml.cli import main
 
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -60,6 +66,54 @@ def test_a_model_that_fails_to_start_stops_the_server_with_exit_1() -> None:
     last = result.stderr.splitlines()[-1]
     assert last.startswith("asyncml serve: error: model 'BrokenSetup' failed to start")
     assert "weights not found" in last
+
+
+class SlowSetup(asyncml.Model[Any, Any]):
+    def setup(self) -> None:
+        time.sleep(0.2)
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        return batch
+
+
+def test_fewer_collections_can_freeze_what_exists_and_restores_the_collector() -> None:
+    threshold, frozen = gc.get_threshold(), gc.get_freeze_count()
+    assert frozen == 0
+    with fewer_collections(freeze=True):
+        assert gc.get_threshold() == (GC_THRESHOLD, *threshold[1:])
+        assert gc.get_freeze_count() > 0  # never scanned again, while the block runs
+    assert gc.get_threshold() == threshold
+    assert gc.get_freeze_count() == 0
+    with fewer_collections():  # as asyncml run uses it: nothing frozen
+        assert gc.get_threshold()[0] == GC_THRESHOLD
+        assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == threshold
+
+
+def test_serve_freezes_the_collector_once_every_model_is_loaded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    apps: list[asyncml.server.ServingApp] = []
+    entered: list[tuple[bool, bool]] = []  # (every model ready, asked to freeze)
+
+    def create_app(*args: Any, **kwargs: Any) -> asyncml.server.ServingApp:
+        apps.append(make_app(*args, **kwargs))
+        return apps[-1]
+
+    @contextlib.contextmanager
+    def recorded(*, freeze: bool = False) -> Iterator[None]:
+        entered.append((apps[0].models.ready, freeze))
+        # The server handles SIGTERM now (uvicorn's handler): it stops gracefully.
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)
+        signal.raise_signal(signal.SIGTERM)
+        yield
+
+    make_app = asyncml.server.create_app
+    monkeypatch.setattr(asyncml.server, "create_app", create_app)
+    monkeypatch.setattr(sys.modules["asyncml.cli.serve"], "fewer_collections", recorded)
+    result = CliRunner().invoke(main, ["serve", f"{Path(__file__)}:SlowSetup", "--port", "0"])
+    assert result.exit_code == 0, result.output
+    assert entered == [(True, True)]
 
 
 def _post(url: str, payload: Any) -> tuple[int, Any]:

@@ -25,8 +25,9 @@ from rich.progress import (
 )
 
 from .._errors import AsyncmlError, SetupError
+from .._gc import fewer_collections
 from .._ref import RefError, resolve
-from ..job import JobError, JobProgress, JobSummary, TooManyFailures, fewer_collections, run_job
+from ..job import JobError, JobProgress, JobSummary, TooManyFailures, run_job
 from ..job._run import DEFAULT_COMMIT_ROWS
 from ._app import main
 from ._ray import RayUnavailable, file_modules, ray_for
@@ -213,7 +214,7 @@ def run(
     try:
         with (
             ray_for(executor, ray_address, file_modules([ref])),
-            fewer_collections(),  # this process is the job's: see asyncml.job._gc
+            fewer_collections(),  # this process is the job's: see asyncml._gc
         ):
             summary = asyncio.run(
                 _run(

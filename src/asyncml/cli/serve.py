@@ -9,12 +9,14 @@ runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 import click
 
 from .._errors import AsyncmlError, SetupError
+from .._gc import fewer_collections
 from .._loaded import LoadedModel, load
 from .._ref import RefError, resolve
 from ..pipeline import Pipeline, PipelineService
@@ -225,7 +227,9 @@ def _run_until_signalled(app: Any, **options: Any) -> None:
 
 
 async def _serve(app: Any, **options: Any) -> None:
-    """Serves until stopped; a model that fails to start stops the server.
+    """Serves until stopped; a model that fails to start stops the server. Once every model
+    is loaded, the garbage collector skips what start-up made and collects less often
+    (the process is the server's: see :mod:`asyncml._gc`).
 
     Raises:
         SetupError: a model failed to start.
@@ -233,25 +237,27 @@ async def _serve(app: Any, **options: Any) -> None:
     from ..server import serving
 
     failures: list[SetupError] = []
-    async with serving(app, handle_signals=True, **options) as server:
-        names = ", ".join(served.name for served in app.models)
-        click.echo(f"asyncml serve: {names} at {server.url}: loading", err=True)
+    with contextlib.ExitStack() as settings:
+        async with serving(app, handle_signals=True, **options) as server:
+            names = ", ".join(served.name for served in app.models)
+            click.echo(f"asyncml serve: {names} at {server.url}: loading", err=True)
 
-        async def report_ready() -> None:
-            try:
-                await app.wait_ready()
-            except SetupError as error:
-                failures.append(error)
-                server.stop()
-            except AsyncmlError:  # stopped before it was ready
-                pass
-            else:
-                click.echo(f"asyncml serve: ready at {server.url}", err=True)
+            async def report_ready() -> None:
+                try:
+                    await app.wait_ready()
+                except SetupError as error:
+                    failures.append(error)
+                    server.stop()
+                except AsyncmlError:  # stopped before it was ready
+                    pass
+                else:
+                    settings.enter_context(fewer_collections(freeze=True))
+                    click.echo(f"asyncml serve: ready at {server.url}", err=True)
 
-        async with asyncio.TaskGroup() as group:
-            reporter = group.create_task(report_ready())
-            await server.wait_stopped()
-            reporter.cancel()
+            async with asyncio.TaskGroup() as group:
+                reporter = group.create_task(report_ready())
+                await server.wait_stopped()
+                reporter.cancel()
     if failures:
         raise failures[0]
 

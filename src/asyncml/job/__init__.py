@@ -9,8 +9,8 @@ runs items and returns their outcomes in order, :func:`ordered_outcomes`, takes 
 callable of one item, so other computations (a pipeline) can drive a job too.
 """
 
+from .._gc import fewer_collections
 from ._errors import InputError, JobError, OutputError, ResumeError, TooManyFailures
-from ._gc import fewer_collections
 from ._ordered import Outcomes, ordered_outcomes
 from ._run import JobProgress, JobSummary, run_job
 
