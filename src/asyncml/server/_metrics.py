@@ -119,7 +119,7 @@ class ServerCollector(Collector):
         )
         restarts = CounterMetricFamily(
             "asyncml_worker_restarts",
-            "Dead worker processes replaced (process executor)",
+            "Dead workers replaced (process executor: processes; Ray executor: actors)",
             labels=["model"],
         )
         for served in self._models:
