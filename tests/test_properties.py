@@ -1,6 +1,7 @@
 """Property tests: under random arrivals, deadlines, cancellations and failing items, every
 call gets exactly one outcome, every result belongs to its own input, items whose deadline
-passed or that were cancelled before dispatch are never computed, and the counters add up.
+passed or that were cancelled before dispatch are never computed, and the counters add up;
+with length-aware batching too, whose bookkeeping is empty once the queue is.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tests.fakeclock import FakeClockLoop
 class Call:
     arrival: float  # seconds after the start
     poison: bool
+    bad_cost: bool  # item_cost() raises for it, when the model groups by cost
     timeout: float | None
     cancel_after: float | None  # seconds after arrival
 
@@ -31,6 +33,7 @@ calls = st.lists(
         Call,
         arrival=st.floats(0, 0.05),
         poison=st.booleans(),
+        bad_cost=st.sampled_from([False, False, False, True]),
         timeout=st.none() | st.floats(0.0005, 0.03),
         cancel_after=st.none() | st.floats(0, 0.03),
     ),
@@ -65,6 +68,7 @@ class Recorder:
     max_wait=st.sampled_from([0.0, 0.002]),
     max_queue=st.integers(1, 20),
     cost=st.floats(0.0001, 0.004),
+    grouping=st.sampled_from(["fifo", "cost", "budget"]),
 )
 def test_every_call_gets_exactly_one_outcome_on_a_fake_clock(
     scenario: list[Call],
@@ -73,8 +77,17 @@ def test_every_call_gets_exactly_one_outcome_on_a_fake_clock(
     max_wait: float,
     max_queue: int,
     cost: float,
+    grouping: str,
 ) -> None:
     poison = {i for i, call in enumerate(scenario) if call.poison}
+    grouped = grouping != "fifo"
+    bad_cost = {i for i, call in enumerate(scenario) if call.bad_cost and grouped}
+
+    def item_cost(item: int) -> float:
+        if item in bad_cost:
+            raise ValueError("no cost")
+        return float(1 + item * 7 % 10)
+
     model = Recorder(poison, cost)
     outcomes: dict[int, list[Any]] = {i: [] for i in range(len(scenario))}
     deadlines: dict[int, float] = {}
@@ -88,6 +101,8 @@ def test_every_call_gets_exactly_one_outcome_on_a_fake_clock(
             max_batch_size=max_batch_size,
             max_wait=max_wait,
             max_queue=max_queue,
+            item_cost=item_cost if grouped else None,
+            max_batch_cost=12 if grouping == "budget" else None,
         ) as m:
 
             async def one(i: int, call: Call) -> None:
@@ -104,6 +119,11 @@ def test_every_call_gets_exactly_one_outcome_on_a_fake_clock(
                 if call.cancel_after is not None:
                     loop.call_later(call.arrival + call.cancel_after, cancel, i, tasks[i])
             await asyncio.gather(*tasks)
+            if grouped:  # once nothing is queued, no item may be counted as passed over
+                await m._running().wait_idle()
+                grouper = m._running()._grouper
+                assert grouper is not None
+                assert len(grouper) == 0
         return m.statistics()  # after the drain: a cancelled caller's batch may still run
 
     def cancel(i: int, task: asyncio.Task[None]) -> None:
@@ -120,14 +140,16 @@ def test_every_call_gets_exactly_one_outcome_on_a_fake_clock(
         if isinstance(result, tuple):
             assert result == ("out", i)
             assert i not in poison
+            assert i not in bad_cost
         elif isinstance(result, asyncml.ModelError):
-            assert i in poison
+            assert i in poison or i in bad_cost
         elif isinstance(result, asyncml.ItemTimeout):
             assert i in deadlines
         else:
             assert isinstance(result, asyncio.CancelledError)
             assert i in cancelled_at
         if i in model.dispatched:
+            assert i not in bad_cost, "an item without a cost was computed"
             if i in deadlines:
                 assert model.dispatched[i] < deadlines[i], "computed after its deadline"
             if i in cancelled_at:

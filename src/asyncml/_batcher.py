@@ -12,7 +12,9 @@ free worker may also hold a partial batch for up to ``max_wait`` while other bat
 
 Items live in the queue as ``(item, future, submitted_at, deadline)`` tuples. A cancelled
 or expired item stays in the queue until dispatch skips it (or a full queue is compacted),
-which keeps cancellation free of per-item bookkeeping.
+which keeps cancellation free of per-item bookkeeping. Length-aware models also count, for
+each item a batch passed over, how often (in their :class:`~._grouping.Grouper`, keyed by
+future); the count is dropped wherever the item leaves the queue.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 from ._batch import BatchOutcome
 from ._errors import Closed, ItemTimeout, ModelError, Overloaded
-from ._grouping import WINDOW_BATCHES, Grouping, pick_similar
+from ._grouping import WINDOW_BATCHES, Grouper, Grouping
 from ._model import ModelSpec
 from ._stats import LatencySummary, ModelStatistics
 from .executors import Executor
@@ -71,7 +73,7 @@ class Batcher:
         self._batches = 0
         self._sizes = [0] * (self._max_batch + 1)
         self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
-        self._grouping = grouping
+        self._grouper = Grouper(grouping) if grouping is not None else None
 
     # -- admission ------------------------------------------------------------------------
 
@@ -193,9 +195,12 @@ class Batcher:
         self._maybe_dropped = 0
         self._scanned_since_dispatch = True
         kept: deque[_Entry] = deque()
+        grouper = self._grouper
         for entry in self._queue:
             if entry[1].done():
                 self._count_dropped(entry[1])
+                if grouper is not None:
+                    grouper.forget(entry[1])
             else:
                 kept.append(entry)
         self._queue = kept
@@ -261,8 +266,8 @@ class Batcher:
         self._notify_if_idle()
 
     def _take(self) -> tuple[list[_Entry], list[Any]]:
-        if self._grouping is not None:
-            return self._take_similar(self._grouping)
+        if self._grouper is not None:
+            return self._take_similar(self._grouper)
         queue = self._queue
         popleft = queue.popleft
         entries = [popleft() for _ in range(min(len(queue), self._max_batch))]
@@ -284,8 +289,9 @@ class Batcher:
             return True
         return False
 
-    def _take_similar(self, grouping: Grouping) -> tuple[list[_Entry], list[Any]]:
-        """The oldest queued item and those nearest to it in cost (see ``_grouping``)."""
+    def _take_similar(self, grouper: Grouper) -> tuple[list[_Entry], list[Any]]:
+        """The oldest queued item, the items due after being passed over, and the items that
+        add the least padding to them (see ``_grouping``)."""
         queue = self._queue
         now = self._loop.time()
         window: list[_Entry] = []
@@ -293,10 +299,12 @@ class Batcher:
         while queue and len(window) < self._max_batch * WINDOW_BATCHES:
             entry = queue.popleft()
             if self._drop_if_dead(entry, now):
+                grouper.forget(entry[1])
                 continue
             try:
-                cost = float(grouping.item_cost(entry[0]))
+                cost = float(grouper.item_cost(entry[0]))
             except Exception as exc:  # a bad item: it fails alone, as in predict()
+                grouper.forget(entry[1])
                 message = f"model {self._name!r}: item_cost() failed: {type(exc).__name__}: {exc}"
                 entry[1].set_exception(ModelError(message, model=self._name, cause=exc))
                 self._failed += 1
@@ -305,7 +313,7 @@ class Batcher:
             costs.append(cost)
         if not window:
             return [], []
-        chosen = pick_similar(costs, max_items=self._max_batch, max_cost=grouping.max_batch_cost)
+        chosen = grouper.pick([entry[1] for entry in window], costs, self._max_batch)
         taken = set(chosen)
         queue.extendleft(reversed([e for i, e in enumerate(window) if i not in taken]))
         live = [window[i] for i in chosen]
@@ -379,6 +387,8 @@ class Batcher:
         if self._wait_timer is not None:
             self._wait_timer.cancel()
             self._wait_timer = None
+        if self._grouper is not None:
+            self._grouper.clear()
         while self._queue:
             future = self._queue.popleft()[1]
             if future.done():
