@@ -96,6 +96,51 @@ async def test_filters_and_flat_maps_keep_each_items_outputs_in_order() -> None:
     assert outputs.summary().outputs == len(expected)
 
 
+def spread(n: int) -> Any:
+    """Flat-map outputs for ``n``: not iterable for 3, a generator that fails for 5."""
+    if n == 3:
+        return 3
+
+    def outputs() -> Any:
+        yield n
+        if n == 5:
+            raise ValueError("no second output for 5")
+        yield -n
+
+    return outputs()
+
+
+async def aspread(n: int) -> Any:
+    return spread(n)
+
+
+def spread_batch(batch: list[int]) -> list[Any]:
+    return [spread(n) for n in batch]
+
+
+@pytest.mark.parametrize(
+    "flat_stage",
+    [
+        stage(spread, executor="inline", flat=True),
+        stage(aspread, flat=True),
+        stage(spread, executor="thread", flat=True),
+        stage(spread_batch, executor="thread", batched=True, flat=True),
+    ],
+    ids=["inline", "async", "thread", "batched"],
+)
+async def test_a_flat_stage_that_cannot_list_an_items_outputs_fails_that_item(
+    flat_stage: Any,
+) -> None:
+    letters: list[DeadLetter] = []
+    summary = await Pipeline(flat_stage).run(range(7), dead_letters=letters.append)
+    assert summary.outputs == 10  # two outputs for each of 0, 1, 2, 4 and 6
+    failed = {letter.index: (letter.error_type, letter.message) for letter in letters}
+    assert failed == {
+        3: ("TypeError", "a flat stage must return an iterable of outputs, not int"),
+        5: ("ValueError", "no second output for 5"),
+    }
+
+
 async def test_a_slow_stage_bounds_what_runs_and_waits_before_it(clock: FakeClockLoop) -> None:
     fast, slow = InFlightSpy(), InFlightSpy(delay=1.0)
     read = 0

@@ -29,6 +29,7 @@ import asyncml
 import asyncml.server
 from asyncml.cli import main
 from asyncml.pipeline import Pipeline, PipelineService, stage
+from asyncml.pipeline._runners import StageRun
 from tests.helpers import until
 from tests.scripts import server_workers
 from tests.test_server import Running, SlowStart, started
@@ -259,13 +260,27 @@ async def test_a_pipeline_whose_process_stage_lost_every_worker_is_not_ready(
     assert 'asyncml_model_ready{model="fragile"} 0.0' in metrics
 
 
+#: What ``split`` answers for 13: the stage's worker fails on it (see the test below).
+BREAKS_THE_RUN = object()
+
+
 def split(i: int) -> Any:
-    """A flat stage's function that returns no iterable for 13, which breaks its worker
-    (and so the pipeline's run) rather than failing the item."""
-    return 13 if i == 13 else [i]
+    return [BREAKS_THE_RUN if i == 13 else i]
 
 
-async def test_a_pipeline_whose_run_broke_fails_alone_and_the_others_serve_on() -> None:
+async def test_a_pipeline_whose_run_broke_fails_alone_and_the_others_serve_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Items fail alone, so only a fault of the stage's own machinery breaks a run: simulate
+    # one where it hands outputs on.
+    pass_on = StageRun._pass_on
+
+    def faulty(run: StageRun, items: list[Any], results: list[Any]) -> list[Any]:
+        if run.stage.name == "split" and results == [[BREAKS_THE_RUN]]:
+            raise RuntimeError("a fault in the stage's worker")
+        return pass_on(run, items, results)
+
+    monkeypatch.setattr(StageRun, "_pass_on", faulty)
     models = {
         "split": Pipeline(stage(split, executor="inline", flat=True)),
         "digits": digits(Store()),
@@ -274,7 +289,7 @@ async def test_a_pipeline_whose_run_broke_fails_alone_and_the_others_serve_on() 
     async with started(models) as running:
         assert (await running.post(path, json={"input": 1}))[:2] == (200, {"output": [1]})
         status, error, _ = await running.post(path, json={"input": 13})
-        stopped = "pipeline 'split' stopped: stage 'split' broke: TypeError: 'int' object is not"
+        stopped = "pipeline 'split' stopped: stage 'split' broke: RuntimeError: a fault in the"
         assert (status, error["type"]) == (503, "unavailable")
         assert error["error"].startswith(stopped)
         await eventually(lambda: running.app.models.get("split").state.value == "failed")

@@ -106,11 +106,13 @@ class StageError(ModelError):
 
 
 class PipelineFailed(AsyncmlError):
-    """More items failed than ``max_failures`` allows; the pipeline stopped.
+    """The pipeline stopped before its end: more items failed than ``max_failures``
+    allows, the source raised, or a part of the run itself broke (its error is the
+    ``__cause__``; items' own errors never do that: they go to the dead letters).
 
     Attributes:
         failed: items that had failed when it stopped.
-        last: the dead letter that crossed the threshold.
+        last: the dead letter that crossed the threshold (None for the other causes).
     """
 
     def __init__(

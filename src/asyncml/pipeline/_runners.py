@@ -22,7 +22,7 @@ from .._loaded import LoadedModel
 from .._per_item import unwrap_failure
 from ._channel import Channel, Item
 from ._rate import TokenBucket
-from ._stage import Stage
+from ._stage import Stage, outputs_of
 from ._stats import StageStatistics
 
 Downstream = Callable[[list[Item]], Awaitable[None]]
@@ -116,7 +116,7 @@ class StageRun:
     # -- workers ---------------------------------------------------------------------------
 
     async def _async_worker(self) -> None:
-        fn, timeout = self.stage.fn, self.stage.timeout
+        fn, timeout, flat = self.stage.fn, self.stage.timeout, self.stage.flat
         while chunk := await self._take(1):
             item = chunk[0]
             try:
@@ -127,6 +127,8 @@ class StageRun:
                 else:
                     async with asyncio.timeout(timeout):
                         result = await fn(item[2])
+                if flat:
+                    result = outputs_of(result)
             except Exception as error:
                 retried = self._failed(item, error)
                 await self._emit([], taken=1, finished=1 - retried)
@@ -134,7 +136,7 @@ class StageRun:
                 await self._emit(self._pass_on([item], [result]), taken=1, finished=1)
 
     async def _inline_worker(self) -> None:
-        fn = self.stage.fn
+        fn, flat = self.stage.fn, self.stage.flat
         while chunk := await self._take(256):
             if self._bucket is not None:
                 await self._bucket.acquire(len(chunk))
@@ -143,7 +145,8 @@ class StageRun:
             retried = 0
             for item in chunk:
                 try:
-                    results.append(fn(item[2]))
+                    result = fn(item[2])
+                    results.append(outputs_of(result) if flat else result)
                 except Exception as error:
                     retried += self._failed(item, error)
                 else:
@@ -154,6 +157,8 @@ class StageRun:
     async def _pool_worker(self) -> None:
         model = self.model
         assert model is not None, "pool stages run with their model loaded"
+        # A batched flat stage's outputs are listed here; per-item ones, in the worker.
+        to_list = self.stage.flat and self.stage.batched
         while chunk := await self._take(self.stage.batch_size):
             if self._bucket is not None:
                 await self._bucket.acquire(len(chunk))
@@ -163,6 +168,12 @@ class StageRun:
             retried = 0
             for item, outcome in zip(chunk, outcomes, strict=True):
                 outcome = unwrap_failure(outcome)
+                if to_list and not isinstance(outcome, AsyncmlError):
+                    try:
+                        outcome = outputs_of(outcome)
+                    except Exception as error:
+                        retried += self._failed(item, error)
+                        continue
                 if isinstance(outcome, AsyncmlError):
                     retried += self._failed(item, outcome)
                 else:
@@ -205,8 +216,7 @@ class StageRun:
                 for (root, path, _, _), result in zip(items, results, strict=True)
             ]
         passed: list[Item] = []
-        for (root, path, _, _), outputs in zip(items, results, strict=True):
-            produced = outputs if isinstance(outputs, list) else list(outputs)
+        for (root, path, _, _), produced in zip(items, results, strict=True):
             if len(produced) == 1:
                 passed.append((root, path, produced[0], 1))
                 continue

@@ -63,7 +63,25 @@ class _Listed:
     fn: Callable[[Any], Iterable[Any]]
 
     def __call__(self, item: Any) -> list[Any]:
-        return list(self.fn(item))
+        return outputs_of(self.fn(item))
+
+
+def outputs_of(returned: Any) -> list[Any]:
+    """A flat stage's outputs for one item, as a list.
+
+    Raises:
+        TypeError: ``returned`` is not iterable (the item fails, not the run).
+        Exception: whatever a generator raises while it runs.
+    """
+    if isinstance(returned, list):
+        return returned
+    try:
+        outputs = iter(returned)
+    except TypeError:
+        raise TypeError(
+            f"a flat stage must return an iterable of outputs, not {type(returned).__name__}"
+        ) from None
+    return list(outputs)
 
 
 def stage(
