@@ -128,6 +128,38 @@ async def await_startup(
         ) from cause
 
 
+async def start_worker_threads(
+    threads: list[threading.Thread],
+    target: Callable[[int], object],
+    started: Sequence[asyncio.Future[None]],
+    stop_all: Callable[[], Awaitable[object]],
+    *,
+    model: str,
+    kind: str,
+) -> None:
+    """Starts one daemon thread per start signal in ``started``, the ``index``-th running
+    ``target(index)`` as ``asyncml-<model>-<index>``, then waits as :func:`await_startup`.
+
+    ``threads`` is filled with them before the first starts, so that ``stop_all`` finds
+    every one.
+
+    Raises:
+        SetupError: a worker's setup() or warmup() failed.
+    """
+    threads[:] = [
+        threading.Thread(
+            target=target,
+            args=(index,),
+            name=f"asyncml-{model}-{index}",
+            daemon=True,  # a hung predict() must not keep a killed program alive
+        )
+        for index in range(len(started))
+    ]
+    for thread in threads:
+        thread.start()
+    await await_startup(started, stop_all, model=model, kind=kind)
+
+
 async def join_workers(
     threads: Sequence[threading.Thread], stopped: Sequence[asyncio.Future[None]]
 ) -> list[BaseException]:

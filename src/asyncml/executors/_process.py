@@ -31,12 +31,12 @@ from .._threads import IntraOpThreads, resolve_intra_op_threads
 from ._base import (
     BatchDone,
     Executor,
-    await_startup,
     close_failed,
     drain,
     join_workers,
     require_sync,
     settle,
+    start_worker_threads,
 )
 from ._channel import ParentChannel, Unsendable
 from ._crash_recovery import MAX_FAILED_RESTARTS, CrashRecovery, Part, restart_delay
@@ -132,15 +132,9 @@ class ProcessExecutor(Executor):
         self._stopped = [loop.create_future() for _ in range(self._workers)]
         self._processes = [None] * self._workers
         self._alive = self._workers
-        self._drivers = [
-            threading.Thread(
-                target=self._drive, args=(index,), name=f"asyncml-{spec.name}-{index}", daemon=True
-            )
-            for index in range(self._workers)
-        ]
-        for driver in self._drivers:
-            driver.start()
-        await await_startup(
+        await start_worker_threads(
+            self._drivers,
+            self._drive,
             self._started,
             partial(self._stop_workers, graceful=False),
             model=spec.name,

@@ -21,12 +21,12 @@ from .._threads import IntraOpLimit, IntraOpThreads, resolve_intra_op_threads
 from ._base import (
     BatchDone,
     Executor,
-    await_startup,
     close_failed,
     drain,
     join_workers,
     require_sync,
     settle,
+    start_worker_threads,
 )
 
 _Job = tuple[Sequence[Any], BatchDone] | None
@@ -66,18 +66,9 @@ class ThreadExecutor(Executor):
         self._limits = [IntraOpLimit(self._pool_threads) for _ in range(self._workers)]
         self._started = [loop.create_future() for _ in range(self._workers)]
         self._stopped = [loop.create_future() for _ in range(self._workers)]
-        self._threads = [
-            threading.Thread(
-                target=self._work,
-                args=(spec, loop, index),
-                name=f"asyncml-{spec.name}-{index}",
-                daemon=True,  # a hung predict() must not keep a killed program alive
-            )
-            for index in range(self._workers)
-        ]
-        for thread in self._threads:
-            thread.start()
-        await await_startup(
+        await start_worker_threads(
+            self._threads,
+            partial(self._work, spec, loop),
             self._started,
             partial(self._stop_workers, graceful=False),
             model=spec.name,
