@@ -117,6 +117,13 @@ async def test_the_pool_grows_when_busy_and_shrinks_when_idle() -> None:
         assert await m(3) == 3
 
 
+async def test_an_actor_ray_cannot_place_is_a_clear_start_up_error() -> None:
+    pool = RayExecutor(1, num_cpus=3, start_timeout=1)  # the local Ray has 2 CPUs
+    with pytest.raises(asyncml.SetupError, match=r"start_timeout=1 s: Ray may have no 3 CPU"):
+        async with asyncml.load(process_models.triple, executor=pool):
+            pass
+
+
 def test_a_bad_pool_size_is_refused() -> None:
     with pytest.raises(ValueError, match="min_actors <= actors <= max_actors"):
         RayExecutor(3, max_actors=2)

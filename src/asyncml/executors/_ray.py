@@ -271,6 +271,14 @@ class RayExecutor(Executor):
         try:
             async with asyncio.timeout(self._start_timeout):
                 info, error = await handle.start.remote()
+        except TimeoutError:
+            await self._kill([actor])
+            gpus = f" and {self._num_gpus} GPU(s)" if self._num_gpus else ""
+            raise TimeoutError(
+                f"the actor was not placed and set up within start_timeout="
+                f"{self._start_timeout} s: Ray may have no {self._num_cpus} CPU(s){gpus} free "
+                "for it (the actors of every Ray model and stage must fit the cluster together)"
+            ) from None
         except BaseException:
             await self._kill([actor])
             raise

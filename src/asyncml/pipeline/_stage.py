@@ -120,9 +120,9 @@ def stage(
         executor: where it runs. ``"inline"``: on the event loop: the only choice for
             ``async def`` functions, and for cheap sync functions the fastest (keep them
             cheap: they hold the loop). ``"thread"`` (default for sync functions and
-            models) or ``"process"`` (GIL-bound or crash-prone code), or an
-            :class:`~asyncml.executors.Executor`.
-        workers: thread or process workers (default 1).
+            models), ``"process"`` (GIL-bound or crash-prone code), ``"ray"`` (Ray
+            actors, see the Ray guide), or an :class:`~asyncml.executors.Executor`.
+        workers: thread or process workers, or Ray actors (default 1).
         concurrency: items in progress at this stage at once (default: 16 for ``async``
             functions, ``2 * batch_size`` for worker stages; 1 for inline sync functions).
         batched: ``fn`` takes a list of items.
