@@ -125,9 +125,16 @@ def _post(url: str, payload: Any) -> tuple[int, Any]:
 
 
 def test_sigterm_finishes_the_requests_in_flight_and_exits_0() -> None:
-    command = [sys.executable, "-c", "from asyncml.cli import main; main()", "serve", HELD]
+    assert_sigterm_drains(HELD, "held")
+
+
+def assert_sigterm_drains(ref: str, name: str, *options: str) -> None:
+    """Serves ``ref`` as ``name`` in a subprocess, whose model prints ``computing`` and then
+    waits for a line on stdin: SIGTERM with a request in flight lets that request finish
+    with 200, then the server exits 0."""
+    command = [sys.executable, "-c", "from asyncml.cli import main; main()", "serve", ref]
     server = subprocess.Popen(
-        [*command, "--port", "0"],
+        [*command, "--port", "0", *options],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -138,14 +145,14 @@ def test_sigterm_finishes_the_requests_in_flight_and_exits_0() -> None:
     assert server.stderr is not None
     try:
         first = server.stderr.readline()
-        assert first.startswith("asyncml serve: held at http://127.0.0.1:"), first
+        assert first.startswith(f"asyncml serve: {name} at http://127.0.0.1:"), first
         url = first.split(" at ")[1].split(": loading")[0]
         assert server.stderr.readline().startswith("asyncml serve: ready")
         with ThreadPoolExecutor(1) as client:
-            answer = client.submit(_post, f"{url}/v1/models/held/predict", {"input": 7})
+            answer = client.submit(_post, f"{url}/v1/models/{name}/predict", {"input": 7})
             assert server.stdout.readline() == "computing\n"  # the request is in flight
             server.send_signal(signal.SIGTERM)
-            server.stdin.write("go\n")  # lets the batch finish after the signal
+            server.stdin.write("go\n")  # lets the model finish after the signal
             server.stdin.flush()
             assert answer.result(timeout=30) == (200, {"output": "done 7"})
         assert server.wait(timeout=30) == 0

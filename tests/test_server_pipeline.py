@@ -11,10 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +30,7 @@ from asyncml.pipeline._runners import StageRun
 from tests.helpers import until
 from tests.scripts import server_workers
 from tests.test_server import Running, SlowStart, started
-from tests.test_server_cli import _post
+from tests.test_server_cli import assert_sigterm_drains
 from tests.test_server_workers import eventually, worker_processes
 
 PIXELS, LABELS = load_digits(return_X_y=True)
@@ -418,32 +415,4 @@ def test_serve_refuses_model_options_for_a_pipeline(
 
 
 def test_sigterm_finishes_the_items_in_flight_and_exits_0(served_pipeline: str) -> None:
-    command = [sys.executable, "-c", "from asyncml.cli import main; main()", "serve"]
-    server = subprocess.Popen(
-        [*command, served_pipeline, "--port", "0", "--max-queue", "8", "--timeout", "60"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert server.stdin is not None
-    assert server.stdout is not None
-    assert server.stderr is not None
-    try:
-        first = server.stderr.readline()
-        assert first.startswith("asyncml serve: pipeline at http://127.0.0.1:"), first
-        url = first.split(" at ")[1].split(": loading")[0]
-        assert server.stderr.readline().startswith("asyncml serve: ready")
-        with ThreadPoolExecutor(1) as client:
-            answer = client.submit(_post, f"{url}/v1/models/pipeline/predict", {"input": 7})
-            assert server.stdout.readline() == "computing\n"  # the item is in flight
-            server.send_signal(signal.SIGTERM)
-            server.stdin.write("go\n")  # lets the stage finish after the signal
-            server.stdin.flush()
-            assert answer.result(timeout=30) == (200, {"output": "done 7"})
-        assert server.wait(timeout=30) == 0
-    finally:
-        server.kill()
-        server.wait()
-        for stream in (server.stdin, server.stdout, server.stderr):
-            stream.close()
+    assert_sigterm_drains(served_pipeline, "pipeline", "--max-queue", "8", "--timeout", "60")
