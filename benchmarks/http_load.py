@@ -30,6 +30,8 @@ import pickle
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Coroutine
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,12 @@ class Load:
             self.latencies.append(time.perf_counter() - since)
             self.check(slot, orjson.loads(body)["output"])
 
+    def reset(self) -> None:
+        """Forgets what the warm-up recorded."""
+        self.latencies.clear()
+        self.statuses.clear()
+        self.wrong = 0
+
     def check(self, slot: int, output: Any) -> None:
         if not same_output(np.asarray(output), self.expected[slot]):
             self.wrong += 1
@@ -97,29 +105,36 @@ def _expected(workload: str, inputs: list[Any], cache: Path) -> list[Any]:
 _JSON = {"Content-Type": "application/json"}
 
 
+Call = Callable[[int, float], Coroutine[Any, Any, None]]
+
+
+async def closed_loop(load: Load, call: Call, callers: int, seconds: float) -> float:
+    """``callers`` coroutines each doing ``await call(index, sent_at)`` one after another
+    for ``seconds``, after a warm-up call each; returns the seconds they took."""
+    async with asyncio.TaskGroup() as group:  # warm-up: one call per caller
+        for i in range(callers):
+            group.create_task(call(i, time.perf_counter()))
+    load.reset()
+    start = time.perf_counter()
+    end = start + seconds
+
+    async def caller(first: int) -> None:
+        index = first
+        while (now := time.perf_counter()) < end:
+            await call(index, now)
+            index += callers
+
+    async with asyncio.TaskGroup() as group:
+        for first in range(callers):
+            group.create_task(caller(first))
+    return time.perf_counter() - start
+
+
 async def closed(load: Load, url: str, connections: int, seconds: float) -> float:
     connector = aiohttp.TCPConnector(limit=connections, force_close=False)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
-        async with asyncio.TaskGroup() as group:  # warm-up: one request per connection
-            for i in range(connections):
-                group.create_task(load.send(http, url, i, time.perf_counter()))
-        load.latencies.clear()
-        load.statuses.clear()
-        load.wrong = 0
-        start = time.perf_counter()
-        end = start + seconds
-
-        async def caller(first: int) -> None:
-            index = first
-            while (now := time.perf_counter()) < end:
-                await load.send(http, url, index, now)
-                index += connections
-
-        async with asyncio.TaskGroup() as group:
-            for first in range(connections):
-                group.create_task(caller(first))
-        return time.perf_counter() - start
+        return await closed_loop(load, partial(load.send, http, url), connections, seconds)
 
 
 async def poisson(load: Load, url: str, rate: float, seconds: float) -> float:
@@ -132,9 +147,7 @@ async def poisson(load: Load, url: str, rate: float, seconds: float) -> float:
         async with asyncio.TaskGroup() as group:  # warm-up
             for i in range(64):
                 group.create_task(load.send(http, url, i, time.perf_counter()))
-        load.latencies.clear()
-        load.statuses.clear()
-        load.wrong = 0
+        load.reset()
         start = time.perf_counter()
         async with asyncio.TaskGroup() as group:
             for index, at in enumerate(arrivals.tolist()):
@@ -157,25 +170,7 @@ async def inprocess(load: Load, workload: str, cache: Path, callers: int, second
             load.statuses[200] += 1
             load.check(slot, output)
 
-        async with asyncio.TaskGroup() as group:  # warm-up: one call per caller
-            for i in range(callers):
-                group.create_task(call(i, time.perf_counter()))
-        load.latencies.clear()
-        load.statuses.clear()
-        load.wrong = 0
-        start = time.perf_counter()
-        end = start + seconds
-
-        async def caller(first: int) -> None:
-            index = first
-            while (now := time.perf_counter()) < end:
-                await call(index, now)
-                index += callers
-
-        async with asyncio.TaskGroup() as group:
-            for first in range(callers):
-                group.create_task(caller(first))
-        return time.perf_counter() - start
+        return await closed_loop(load, call, callers, seconds)
 
 
 def main() -> None:
