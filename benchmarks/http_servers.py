@@ -37,10 +37,13 @@ ENDPOINTS = {
     "litserve": ("/predict", "/health"),
     "ray-serve": ("/", "/-/healthz"),
 }
-#: Batching settings shared by every system (asyncml's benchmark settings: one worker, a
-#: max batch of 256, no batch wait; W1 batches of 32).
-MAX_BATCH_SIZE = {"W1": 32, "W2": 256, "W3": 256}
+#: Batching settings shared by every system (asyncml's benchmark settings: a max batch of
+#: 256, no batch wait; W1 batches of 16).
+MAX_BATCH_SIZE = {"W1": 16, "W2": 256, "W3": 256}
 BATCH_WAIT_S = 0.0
+#: asyncml's other settings, as in ``run.py``: one worker for W2 and W3; for W1 two workers
+#: of one intra-op thread each, with length-aware batching.
+ASYNCML_OPTIONS: dict[str, dict[str, Any]] = {"W1": {"workers": 2, "item_cost": len}}
 
 
 def one_blas_thread() -> None:
@@ -56,7 +59,8 @@ def asyncml_model(workload: str, cache: Path) -> Any:
     import asyncml
 
     predict = build_model(workload, cache)
-    return asyncml.load(predict, max_batch_size=MAX_BATCH_SIZE[workload], name="model")
+    options = ASYNCML_OPTIONS.get(workload, {})
+    return asyncml.load(predict, max_batch_size=MAX_BATCH_SIZE[workload], name="model", **options)
 
 
 def run_asyncml(workload: str, port: int, cache: Path) -> None:

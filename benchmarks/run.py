@@ -28,17 +28,20 @@ from systems import LIMITS_OWN_THREADS, SYSTEMS, BatchConfig, Job
 from workloads import WORKLOADS, build_model, make_inputs, same_output
 
 #: asyncml's settings per workload: the best of ``--sweep`` at 256 callers on two cores
-#: (W2: one worker with 256 beat two workers and 128 by 1.2-1.5x; W3: within noise).
+#: (W2: one worker with 256 beat two workers and 128 by 1.2-1.5x; W3: within noise). W1:
+#: two workers of one intra-op thread each, so that one tokenizes and pools (Python) while
+#: the other computes, in batches of 16, which leave length-aware batching a choice among
+#: the queued sentences at 64 callers (batches of 32 took every queued one).
 #: The hand batcher uses the same max batch size.
 ASYNCML_CONFIGS: dict[str, BatchConfig] = {
-    "W1": BatchConfig(workers=1, max_batch_size=32),
+    "W1": BatchConfig(workers=2, max_batch_size=16),
     "W2": BatchConfig(workers=1, max_batch_size=256),
     "W3": BatchConfig(workers=1, max_batch_size=256),
 }
 #: asyncml's settings for its process-executor rows: a worker per core, so the event loop
 #: and the model no longer take turns on one GIL.
 ASYNCML_PROCESS_CONFIGS: dict[str, BatchConfig] = {
-    "W1": BatchConfig(workers=2, max_batch_size=32, executor="process"),
+    "W1": BatchConfig(workers=2, max_batch_size=16, executor="process"),
     "W2": BatchConfig(workers=2, max_batch_size=128, executor="process"),
     "W3": BatchConfig(workers=2, max_batch_size=128, executor="process"),
 }
@@ -51,7 +54,7 @@ ASYNCML_RAY_CONFIGS: dict[str, BatchConfig] = {
 #: max batch size; both pay Ray's cost per item, so they get ``PER_ITEM_REQUESTS``.
 RAY_PEERS = ("ray-serve-handle", "ray-tasks")
 #: W1 with length-aware batching: queued sentences of similar length go together.
-ASYNCML_LENGTH_CONFIG = BatchConfig(workers=1, max_batch_size=32, length_aware=True)
+ASYNCML_LENGTH_CONFIG = BatchConfig(workers=2, max_batch_size=16, length_aware=True)
 #: The settings ``--sweep`` compares.
 SWEEP_CONFIGS = (
     *(BatchConfig(workers=w, max_batch_size=size) for w in (1, 2) for size in (128, 256)),

@@ -48,6 +48,8 @@ class BatchConfig:
     executor: Literal["thread", "process", "ray"] = "thread"
     #: length-aware batching: ``item_cost=len`` (the texts of W1)
     length_aware: bool = False
+    #: with ``length_aware``: the most a batch may cost, padded (items x longest text)
+    max_batch_cost: float | None = None
 
     def label(self) -> str:
         """A short description for tables and JSON rows."""
@@ -56,6 +58,8 @@ class BatchConfig:
             label = f"executor={self.executor} {label}"
         if self.length_aware:
             label += " item_cost=len"
+        if self.max_batch_cost is not None:
+            label += f" max_batch_cost={self.max_batch_cost:g}"
         if self.intra_op_threads != "auto":
             label += f" intra_op_threads={self.intra_op_threads}"
         return label
@@ -155,6 +159,7 @@ async def asyncml_model(job: Job) -> Measurement:
         max_batch_size=config.max_batch_size,
         intra_op_threads=config.intra_op_threads,
         item_cost=len if config.length_aware else None,
+        max_batch_cost=config.max_batch_cost,
     ) as model:
         await warm_up(model, job)
         before = model.statistics()
