@@ -141,3 +141,13 @@ class ReportsCopies(asyncml.Model[Any, bool]):
         # A view of the bytes that arrived has a buffer at the root; a copy, a numpy array.
         copied = owner.base is None
         return [copied] * len(rows)
+
+
+def twice_v(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A job's model of whole rows: fails for a row whose ``v`` is 13 (and one without ``v``)."""
+    out = []
+    for row in batch:
+        if row["v"] == 13:
+            raise ValueError("unlucky 13")
+        out.append({"twice": 2 * row["v"]})
+    return out

@@ -266,7 +266,12 @@ def test_a_row_that_kills_its_worker_process_fails_alone(tmp_path: Path) -> None
     rows = [orjson.loads(line) for line in (tmp_path / "out.jsonl").read_bytes().splitlines()]
     assert rows == [{"id": i, "prediction": 2 * i} for i in range(12) if i != 7]
     dead = orjson.loads((tmp_path / "out.jsonl.dead.jsonl").read_bytes())
-    assert (dead["row"], dead["stage"], dead["error"]) == (7, "model", "WorkerCrashed")
+    assert (dead["row"], dead["id"], dead["stage"], dead["error"]) == (
+        7,
+        7,
+        "model",
+        "WorkerCrashed",
+    )
 
 
 def test_ctrl_c_exits_130_keeping_commits_for_resume(tmp_path: Path) -> None:

@@ -195,3 +195,12 @@ async def test_a_numpy_model_in_threads_with_stacking() -> None:
         results = await m.map(rows)
     for i, result in enumerate(results):
         np.testing.assert_array_equal(result, np.full(4, i * 0.5))
+
+
+def test_an_empty_batch_whose_predict_raises_ends_with_no_outcomes() -> None:
+    def refuses(batch: list[int]) -> list[int]:
+        raise RuntimeError("nothing to do")
+
+    spec = model_spec(refuses)
+    outcome = run_batch(spec.create(), spec, [])
+    assert (list(outcome.values), outcome.errors) == ([], None)

@@ -82,8 +82,9 @@ class BatchRun:
 
     def failed(self, part: tuple[int, int], exc: Exception) -> None:
         start, stop = part
-        if stop - start == 1:
-            self._errors[start] = ModelError.from_exception(exc, model=self._spec.name)
+        if stop - start <= 1:  # one item (or none: nothing to split)
+            if stop > start:
+                self._errors[start] = ModelError.from_exception(exc, model=self._spec.name)
             return
         middle = (start + stop) // 2
         self._pending.append((middle, stop))

@@ -8,7 +8,7 @@ when a CSV or Parquet file is read or written.
 from ._arrow import concat_tables, records_to_table, write_parquet
 from ._chunk import BAD_ROW, BadRow, RowChunk, Source
 from ._formats import Format, assemble, format_of, open_source, part_format
-from ._jsonl import encode_jsonl, parse_lines
+from ._jsonl import encode_jsonl, parse_lines, parse_rows
 
 __all__ = [
     "BAD_ROW",
@@ -22,6 +22,7 @@ __all__ = [
     "format_of",
     "open_source",
     "parse_lines",
+    "parse_rows",
     "part_format",
     "records_to_table",
     "write_parquet",

@@ -50,6 +50,7 @@ def open_source(
     first_row: int = 0,
     columns: Sequence[str] | None = None,
     chunk_size: int = 0,
+    parse: bool = True,
 ) -> Source:
     """A reader of ``path`` that starts at ``position`` (from an earlier chunk's
     ``position``), numbering rows from ``first_row``.
@@ -57,6 +58,7 @@ def open_source(
     Args:
         columns: the only columns needed, if the format can read just those.
         chunk_size: bytes per block (JSONL, CSV) or rows per batch (Parquet); 0: default.
+        parse: ``False``: JSONL rows are left unparsed, as the bytes of each line.
 
     Raises:
         OSError: the file cannot be opened.
@@ -65,7 +67,7 @@ def open_source(
     kind = format_of(path)
     if kind == "jsonl":
         return JsonlSource.open(
-            path, position=position, first_row=first_row, block_bytes=chunk_size
+            path, position=position, first_row=first_row, block_bytes=chunk_size, parse=parse
         )
     if kind == "csv":
         return CsvSource.open(path, position=position, first_row=first_row, block_bytes=chunk_size)

@@ -33,6 +33,7 @@ class JsonlSource:
         total: int | None = None,
         block_bytes: int = DEFAULT_BLOCK_BYTES,
         owned: bool = True,
+        parse: bool = True,
     ):
         self.total = total
         self._file = file
@@ -40,25 +41,41 @@ class JsonlSource:
         self._next_row = first_row
         self._block_bytes = block_bytes
         self._owned = owned
+        self._parse = parse
         self._carry = b""
         self._eof = False
 
     @classmethod
     def open(
-        cls, path: str | Path, *, position: int = 0, first_row: int = 0, block_bytes: int = 0
+        cls,
+        path: str | Path,
+        *,
+        position: int = 0,
+        first_row: int = 0,
+        block_bytes: int = 0,
+        parse: bool = True,
     ) -> JsonlSource:
-        """Opens ``path`` (``"-"``: stdin) and seeks to ``position``.
+        """Opens ``path`` (``"-"``: stdin) and seeks to ``position``. With ``parse=False``
+        each row is the line itself, as bytes (blank lines are still skipped): for
+        whoever parses it later (:func:`parse_rows`).
 
         Raises:
             OSError: the file cannot be opened.
         """
         block = block_bytes or DEFAULT_BLOCK_BYTES
         if str(path) == "-":
-            return cls(sys.stdin.buffer, block_bytes=block, owned=False)
+            return cls(sys.stdin.buffer, block_bytes=block, owned=False, parse=parse)
         file = open(path, "rb")  # noqa: SIM115 - owned by the source, closed by close()
         total = Path(path).stat().st_size
         file.seek(position)
-        return cls(file, position=position, first_row=first_row, total=total, block_bytes=block)
+        return cls(
+            file,
+            position=position,
+            first_row=first_row,
+            total=total,
+            block_bytes=block,
+            parse=parse,
+        )
 
     def read(self) -> RowChunk | None:
         """The next chunk of whole lines, or ``None`` at the end of the input."""
@@ -75,7 +92,7 @@ class JsonlSource:
                 self._eof = True
                 block, self._carry = self._carry, b""
             self._position += len(block)
-            rows, bad = parse_lines(block)
+            rows, bad = parse_lines(block) if self._parse else (split_lines(block), {})
             if rows:
                 chunk = RowChunk(self._next_row, rows, self._position, bad)
                 self._next_row += len(rows)
@@ -88,11 +105,21 @@ class JsonlSource:
             self._file.close()
 
 
+def split_lines(block: bytes) -> list[bytes]:
+    """The non-blank lines of ``block``."""
+    return [line for line in block.split(b"\n") if line.strip()]
+
+
 def parse_lines(block: bytes) -> tuple[list[Any], dict[int, BadRow]]:
     """Parses each non-blank line of ``block``; a malformed line becomes a bad row."""
     lines = block.split(b"\n")
     if not lines[-1]:
         lines.pop()
+    return parse_rows(lines)
+
+
+def parse_rows(lines: list[bytes]) -> tuple[list[Any], dict[int, BadRow]]:
+    """Parses each non-blank line of ``lines``; a malformed line becomes a bad row."""
     loads = orjson.loads
     try:
         return [loads(line) for line in lines], {}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +22,13 @@ from .._model import model_spec
 from ..io import Source, open_source
 from ..pipeline import Pipeline
 from ._crash import CrashPoints
+from ._decode import LineDecoder
 from ._errors import InputError, JobError, TooManyFailures
 from ._fingerprint import describe_model
-from ._ordered import DEFAULT_MAX_IN_FLIGHT, ordered_outcomes
+from ._ordered import DEFAULT_MAX_IN_FLIGHT, Outcomes, ordered_outcomes
 from ._output import CommittedOutput, StreamedOutput, Tally
 from ._rows import DEFAULT_ID, Items, to_items
-from ._sliced import SlicedModel, can_slice, sliced_outcomes
+from ._sliced import SlicedModel, can_slice, decoded_outcomes, sliced_outcomes
 from ._start import JobPaths, Started, check_paths, start
 
 #: Commit at least every this many rows, and at least this often (seconds).
@@ -144,7 +145,7 @@ async def run_job(
     loop = asyncio.get_running_loop()
     began = loop.time()
     paths = JobPaths.of(input_path, output_path, dead_letters=dead_letters, journal=journal)
-    _, output_format = await asyncio.to_thread(check_paths, paths)
+    input_format, output_format = await asyncio.to_thread(check_paths, paths)
     if model_ref is None or code_hash is None:
         named, hashed = await asyncio.to_thread(describe_model, model)
         model_ref, code_hash = model_ref or named, hashed if code_hash is None else code_hash
@@ -154,6 +155,7 @@ async def run_job(
     # or a pipeline to open; a running LoadedModel is used as it is.
     starting: contextlib.AbstractAsyncContextManager[Any] | None = None
     slice_rows: int | None = None
+    decoder: LineDecoder | None = None
     if isinstance(model, Pipeline):
         if executor != "auto" or workers is not None or batch_size is not None:
             raise JobError(
@@ -162,8 +164,13 @@ async def run_job(
             )
         starting = model.open(max_queue=max_in_flight)
     elif not isinstance(model, LoadedModel):
+        # JSONL lines go to worker processes unparsed, for them to parse (see ``_decode``).
+        if input_format == "jsonl" and executor in ("process", "ray"):
+            decoder = LineDecoder(field, id_field)
         try:
-            starting, slice_rows = _load(model, executor, workers, batch_size, max_in_flight)
+            starting, slice_rows, decoder = _load(
+                model, executor, workers, batch_size, max_in_flight, decoder
+            )
         except (TypeError, ValueError) as error:
             raise JobError(f"cannot load the model {model_ref!r}: {error}") from error
     started = await asyncio.to_thread(
@@ -186,7 +193,7 @@ async def run_job(
         if started.done:
             await asyncio.to_thread(output.close, remove=True)
         else:
-            run = _Run(started, paths, field, id_field, max_failures, on_progress)
+            run = _Run(started, paths, field, id_field, max_failures, on_progress, decoder)
             source = await run.open(chunk_size)  # before the model's setup, which may be long
             try:
                 setup_began = loop.time()
@@ -235,8 +242,10 @@ def _load(
     workers: int | None,
     batch_size: int | None,
     max_in_flight: int,
-) -> tuple[LoadedModel[Any, Any], int | None]:
-    """The job's model, not yet started, and the rows per item when it runs in slices."""
+    decoder: LineDecoder | None,
+) -> tuple[LoadedModel[Any, Any], int | None, LineDecoder | None]:
+    """The job's model, not yet started; the rows per item when it runs in slices, and
+    the ``decoder`` if its slices are of JSONL lines (only slices can be)."""
     threads = _threads_per_worker(workers)
     spec = model_spec(model, max_batch_size=batch_size)
     if not can_slice(spec, model):
@@ -248,17 +257,17 @@ def _load(
             max_queue=max_in_flight,
             intra_op_threads=threads,
         )
-        return loaded, None
+        return loaded, None, None
     rows = spec.max_batch_size
     loaded = load(
-        SlicedModel(spec),
+        SlicedModel(spec, decoder),
         executor=executor,
         workers=workers,
         max_queue=max(2, max_in_flight // rows),
         intra_op_threads=threads,
         name=spec.name,
     )
-    return loaded, rows
+    return loaded, rows, decoder
 
 
 def _threads_per_worker(workers: int | None) -> int:
@@ -290,6 +299,7 @@ class _Run:
         id_field: str | None,
         max_failures: int | float | None,
         on_progress: Callable[[JobProgress], None] | None,
+        decoder: LineDecoder | None,
     ):
         self._output: CommittedOutput | StreamedOutput = started.output
         self._resumed = started.resumed_rows
@@ -299,6 +309,7 @@ class _Run:
         self._id_field = id_field
         self._max_failures = max_failures
         self._on_progress = on_progress
+        self._decoder = decoder
 
     async def open(self, chunk_size: int) -> Source:
         """The input, at the position the job resumes from.
@@ -315,6 +326,7 @@ class _Run:
                 first_row=self._resumed,
                 columns=columns,
                 chunk_size=chunk_size,
+                parse=self._decoder is None,
             )
         except (OSError, ValueError) as error:
             raise InputError(f"cannot read {self._paths.input!r}: {_reason(error)}") from None
@@ -336,11 +348,7 @@ class _Run:
         async with (
             contextlib.aclosing(self._chunks(source)) as chunks,
             contextlib.aclosing(
-                ordered_outcomes(model, chunks, max_in_flight=max_in_flight)
-                if slice_rows is None
-                else sliced_outcomes(
-                    model, chunks, slice_rows=slice_rows, max_in_flight=max_in_flight
-                )
+                self._outcomes(model, chunks, slice_rows, max_in_flight)
             ) as outcomes,
         ):
             async for outcome in outcomes:
@@ -354,6 +362,27 @@ class _Run:
                 if stop is not None:
                     raise TooManyFailures(stop)
 
+    def _outcomes(
+        self,
+        model: LoadedModel[Any, Any],
+        chunks: AsyncIterable[tuple[Items, list[Any]]],
+        slice_rows: int | None,
+        max_in_flight: int,
+    ) -> AsyncGenerator[Outcomes[Items], None]:
+        if slice_rows is None:
+            return ordered_outcomes(model, chunks, max_in_flight=max_in_flight)
+        if self._decoder is None:
+            return sliced_outcomes(
+                model, chunks, slice_rows=slice_rows, max_in_flight=max_in_flight
+            )
+        return decoded_outcomes(
+            model,
+            chunks,
+            decoder=self._decoder,
+            slice_rows=slice_rows,
+            max_in_flight=max_in_flight,
+        )
+
     async def _chunks(self, source: Source) -> AsyncGenerator[tuple[Items, list[Any]], None]:
         while (items := await asyncio.to_thread(self._read, source)) is not None:
             yield items, items.items
@@ -362,6 +391,10 @@ class _Run:
         chunk = source.read()
         if chunk is None:
             return None
+        if self._decoder is not None:  # unparsed lines: the workers make the items
+            first, end = chunk.first_row, chunk.end_row
+            numbers = range(first, end)
+            return Items(first, end, chunk.position, chunk.rows, numbers, numbers, [])
         return to_items(chunk, self._field, self._id_field)
 
     def _too_many_failures(self, tally: Tally) -> str | None:

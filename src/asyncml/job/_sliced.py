@@ -6,14 +6,15 @@ loads a :class:`SlicedModel` around the user's model instead: each item is a sli
 to ``max_batch_size`` rows, and the worker runs the slice as one batch through the user's
 model, isolating failing rows exactly as asyncml does for single calls (``run_batch``).
 A slice whose worker process died is run again row by row, so that only the row that
-kills workers fails.
+kills workers fails. With a :class:`~._decode.LineDecoder`, a slice is JSONL lines that the
+worker parses itself (see ``_decode``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 
 import numpy as np
@@ -21,7 +22,9 @@ import numpy as np
 from .._batch import BatchOutcome, run_batch
 from .._loaded import LoadedModel
 from .._model import Model, ModelSpec
+from ._decode import DecodedSlice, LineDecoder, combine
 from ._ordered import Outcomes, ordered_outcomes
+from ._rows import Items
 
 Tag = TypeVar("Tag")
 
@@ -34,13 +37,15 @@ def can_slice(spec: ModelSpec, model: object) -> bool:
     return not spec.is_async and not spec.async_lifecycle and item_cost is None
 
 
-class SlicedModel(Model[list[Any], BatchOutcome]):
-    """Wraps a model so that one item is a slice of rows, run as one batch."""
+class SlicedModel(Model[list[Any], BatchOutcome | DecodedSlice]):
+    """Wraps a model so that one item is a slice of rows, run as one batch; with a
+    ``decoder``, a slice of JSONL lines, parsed here."""
 
     max_batch_size = 1  # a slice is already a batch of the wrapped model's size
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, decoder: LineDecoder | None = None):
         self.spec = spec
+        self.decoder = decoder
         self._model: Model[Any, Any] | None = None
 
     def _wrapped(self) -> Model[Any, Any]:
@@ -55,9 +60,18 @@ class SlicedModel(Model[list[Any], BatchOutcome]):
     def warmup(self) -> None:
         self._wrapped().warmup()
 
-    def predict(self, slices: list[list[Any]]) -> list[BatchOutcome]:
+    def predict(self, slices: list[list[Any]]) -> list[BatchOutcome | DecodedSlice]:
         model = self._wrapped()
-        return [_compact(run_batch(model, self.spec, rows)) for rows in slices]
+        decoder = self.decoder
+        if decoder is None:
+            return [_compact(run_batch(model, self.spec, rows)) for rows in slices]
+        decoded: list[BatchOutcome | DecodedSlice] = []
+        for lines in slices:
+            rows = decoder(lines)
+            ran = run_batch(model, self.spec, rows.items) if rows.items else BatchOutcome([])
+            rows.items = []
+            decoded.append(DecodedSlice(rows, _compact(ran)))
+        return decoded
 
     def close(self) -> None:
         self._wrapped().close()
@@ -74,7 +88,7 @@ def _compact(ran: BatchOutcome) -> BatchOutcome:
 
 
 async def sliced_outcomes(
-    model: LoadedModel[list[Any], BatchOutcome],
+    model: LoadedModel[list[Any], Any],
     batches: AsyncIterable[tuple[Tag, Sequence[Any]]],
     *,
     slice_rows: int,
@@ -83,7 +97,75 @@ async def sliced_outcomes(
     """Like :func:`ordered_outcomes`, for a loaded :class:`SlicedModel`: each batch's
     items go in slices of ``slice_rows``; outcomes come back per row, in input order."""
 
-    async def in_slices() -> AsyncGenerator[tuple[tuple[Tag, list[Any]], list[Any]], None]:
+    async def row_by_row(rows: Sequence[Any]) -> BatchOutcome:
+        return await _row_by_row(model, rows)
+
+    async with contextlib.aclosing(
+        _slice_outcomes(model, batches, row_by_row, slice_rows, max_in_flight)
+    ) as results:
+        async for tag, _, ran in results:
+            values: list[Any] = []
+            errors: dict[int, BaseException] = {}
+            for outcome in ran:
+                if outcome.errors:
+                    errors.update({len(values) + i: e for i, e in outcome.errors.items()})
+                got = outcome.values
+                values.extend(got.tolist() if isinstance(got, np.ndarray) else got)
+            yield Outcomes(tag, values, errors)
+
+
+async def decoded_outcomes(
+    model: LoadedModel[list[Any], Any],
+    chunks: AsyncIterable[tuple[Items, Sequence[bytes]]],
+    *,
+    decoder: LineDecoder,
+    slice_rows: int,
+    max_in_flight: int,
+) -> AsyncGenerator[Outcomes[Items], None]:
+    """Like :func:`sliced_outcomes`, for a :class:`SlicedModel` with ``decoder``: each
+    chunk's items are its JSONL lines. Yields each chunk's items as the job would have
+    made them from parsed rows (``to_items``), with their outcomes."""
+    ids_are_rows = decoder.id_field is None
+
+    async def line_by_line(lines: Sequence[bytes]) -> DecodedSlice:
+        ran = await asyncio.gather(*(model([line]) for line in lines), return_exceptions=True)
+        parts: list[DecodedSlice] = []
+        for line, one in zip(lines, ran, strict=True):
+            if not isinstance(one, BaseException):
+                parts.append(one)
+                continue
+            rows = decoder([line])  # here only to name the row's id in its dead letter
+            outcome = BatchOutcome([None], {0: cast(Any, one)}) if rows.items else None
+            rows.items = []
+            parts.append(DecodedSlice(rows, outcome or BatchOutcome([])))
+        items, values, errors = combine(parts, [1] * len(parts), ids_are_rows=ids_are_rows)
+        return DecodedSlice(items, BatchOutcome(values, cast(Any, errors) or None))
+
+    async with contextlib.aclosing(
+        _slice_outcomes(model, chunks, line_by_line, slice_rows, max_in_flight)
+    ) as results:
+        async for chunk, slices, parts in results:
+            items, values, errors = combine(
+                parts,
+                [len(lines) for lines in slices],
+                ids_are_rows=ids_are_rows,
+                first_row=chunk.first_row,
+                position=chunk.position,
+            )
+            yield Outcomes(items, values, errors)
+
+
+async def _slice_outcomes(
+    model: LoadedModel[list[Any], Any],
+    batches: AsyncIterable[tuple[Tag, Sequence[Any]]],
+    redo: Callable[[Sequence[Any]], Awaitable[Any]],
+    slice_rows: int,
+    max_in_flight: int,
+) -> AsyncGenerator[tuple[Tag, list[Sequence[Any]], list[Any]], None]:
+    """Each batch's tag, slices, and one outcome per slice, in input order; a slice that
+    failed as a whole (its worker died) is run again by ``redo``."""
+
+    async def in_slices() -> AsyncGenerator[tuple[tuple[Tag, list[Sequence[Any]]], list[Any]]]:
         async for tag, items in batches:
             slices = [items[i : i + slice_rows] for i in range(0, len(items), slice_rows)]
             yield (tag, slices), slices
@@ -95,23 +177,14 @@ async def sliced_outcomes(
     ):
         async for outcome in outcomes:
             tag, slices = outcome.tag
-            values: list[Any] = []
-            errors: dict[int, BaseException] = {}
-            for index, rows in enumerate(slices):
-                ran = outcome.values[index]
-                if index in outcome.errors:  # e.g. the worker died: find the row that did it
-                    ran = await _row_by_row(model, rows)
-                if ran.errors:
-                    errors.update({len(values) + i: e for i, e in ran.errors.items()})
-                values.extend(
-                    ran.values.tolist() if isinstance(ran.values, np.ndarray) else ran.values
-                )
-            yield Outcomes(tag, values, errors)
+            ran = [
+                await redo(rows) if index in outcome.errors else outcome.values[index]
+                for index, rows in enumerate(slices)
+            ]
+            yield tag, slices, ran
 
 
-async def _row_by_row(
-    model: LoadedModel[list[Any], BatchOutcome], rows: Sequence[Any]
-) -> BatchOutcome:
+async def _row_by_row(model: LoadedModel[list[Any], Any], rows: Sequence[Any]) -> BatchOutcome:
     ran = await asyncio.gather(*(model([row]) for row in rows), return_exceptions=True)
     values: list[Any] = []
     errors: dict[int, Any] = {}
