@@ -11,7 +11,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from asyncml.io import BAD_ROW, RowChunk, Source, format_of, open_source, parse_lines
+from asyncml.io import (
+    BAD_ROW,
+    RowChunk,
+    Source,
+    format_of,
+    open_source,
+    parse_lines,
+    parse_rows,
+)
 from asyncml.io._csv import record_end
 
 
@@ -58,6 +66,18 @@ def test_jsonl_lines_parse_skipping_blanks_and_keeping_bad_rows_in_place() -> No
     assert list(bad) == [2]
     assert bad[2].error == "JSONDecodeError"
     assert bad[2].message.startswith("malformed JSON")
+
+
+def test_unparsed_jsonl_rows_are_the_lines_that_parsing_would_number(tmp_path: Path) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b'{"a": 1}\n\n  \r\n[1, 2]\n{oops\n7')
+    chunks = read_all(open_source(path, parse=False, chunk_size=9))
+    assert rows_of(chunks) == [b'{"a": 1}', b"[1, 2]", b"{oops", b"7"]
+    parsed = read_all(open_source(path, chunk_size=9))
+    assert [(c.first_row, c.end_row, c.position) for c in chunks] == [
+        (c.first_row, c.end_row, c.position) for c in parsed
+    ]
+    assert parse_rows(rows_of(chunks))[0] == rows_of(parsed)
 
 
 def test_jsonl_in_tiny_blocks_gives_the_same_rows_and_resumes_at_every_chunk(

@@ -24,7 +24,8 @@ class RowChunk:
     Attributes:
         first_row: 0-based number of the chunk's first row in the whole input.
         rows: one entry per row: a dict (a record), any JSON value (JSONL), or
-            :data:`BAD_ROW` where ``bad`` holds why the row could not be parsed.
+            :data:`BAD_ROW` where ``bad`` holds why the row could not be parsed; the bytes
+            of each line for JSONL read unparsed.
         bad: offset within the chunk -> why that row is bad.
         position: where the row after this chunk starts (a byte offset for JSONL and CSV,
             a row number for Parquet); reading resumes there.
