@@ -8,7 +8,8 @@
 Each run reads the rows (``{"pixels": [64 values]}``, drawn from the bundled digits with
 seed 0), runs W2's classifier on each row's pixels, and writes ``{"id", "prediction"}``
 lines, through :func:`asyncml.job.run_job` as ``asyncml run --field pixels`` does (with
-``--executor process``, one worker per core, which parse the lines themselves). Systems:
+``--executor process``, one worker per core by default, which parse the lines themselves).
+Systems:
 
 - ``journal``: the job as shipped: committed parts, a SQLite journal, fsyncs;
 - ``no-journal``: the same job with ``use_journal=False`` (the same parts and final
@@ -56,9 +57,6 @@ TARGET_JOURNAL_COST = 0.05
 TARGET_RESUME_SHARE = 0.15
 #: The resumed job is killed once at least this share of the rows is committed.
 KILL_AT = 0.9
-#: Process workers: one per core (``asyncml run --executor process --workers N``; the
-#: default is one), each parsing its share of the JSONL lines.
-PROCESS_WORKERS = os.cpu_count() or 1
 
 
 def write_rows(path: Path, rows: int, cache_dir: Path) -> None:
@@ -112,7 +110,6 @@ def measure(
                     output,
                     field="pixels",
                     executor=executor,  # type: ignore[arg-type]
-                    workers=PROCESS_WORKERS if executor == "process" else None,
                     use_journal=system != "no-journal",
                     resume=system == "resume",
                     force=system != "resume",

@@ -4,6 +4,7 @@ outcomes the job puts back together are those it would have made from rows it pa
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -135,12 +136,22 @@ def test_a_job_on_process_workers_parses_there_and_writes_what_a_thread_job_writ
         return real(*args)
 
     monkeypatch.setattr(_run, "to_items", counted)
+    workers = []
+    real_load = _run.load  # type: ignore[attr-defined]
+
+    def load(*args: Any, **options: Any) -> Any:
+        workers.append((options["executor"], options["workers"]))
+        return real_load(*args, **options)
+
+    monkeypatch.setattr(_run, "load", load)
     on_threads = asyncio.run(run_messy(tmp_path, "thread"))
     assert parsed_here  # the thread job parses its rows itself...
     parsed_here.clear()
     on_processes = asyncio.run(run_messy(tmp_path, "process"))
     assert not parsed_here  # ...the process job leaves it to its workers
     assert on_processes == on_threads
+    # a job on process workers starts one per core; on threads, one
+    assert workers == [("thread", None), ("process", os.cpu_count())]
     output, dead = on_processes
     assert len(output.splitlines()) == 41
     assert [orjson.loads(line)["row"] for line in dead.splitlines()] == [1, 2, 3, 4, 5]

@@ -98,8 +98,7 @@ def _max_failures(_ctx: click.Context, _param: click.Parameter, value: str | Non
     "--workers",
     type=click.IntRange(min=1),
     metavar="N",
-    help="Workers running the model (default 1; with --executor process, one per core is "
-    "usually fastest: the workers also parse JSONL input).",
+    help="Workers running the model (default 1; with --executor process, one per core).",
 )
 @click.option(
     "--batch-size",

@@ -118,6 +118,8 @@ async def run_job(
     Args:
         model: what :func:`asyncml.load` accepts (loaded here with ``executor``,
             ``workers`` and ``batch_size``), or a running :class:`~asyncml.LoadedModel`.
+        workers: as in :func:`asyncml.load` (default 1), but one per core by default with
+            ``executor="process"``.
         field: give the model this field of each row instead of the whole row.
         id_field: take each row's id from this field.
         dead_letters: default ``OUTPUT.dead.jsonl``.
@@ -164,6 +166,8 @@ async def run_job(
             )
         starting = model.open(max_queue=max_in_flight)
     elif not isinstance(model, LoadedModel):
+        if workers is None and executor == "process":
+            workers = os.cpu_count() or 1  # a job has the machine to itself: use every core
         # JSONL lines go to worker processes unparsed, for them to parse (see ``_decode``).
         if input_format == "jsonl" and executor in ("process", "ray"):
             decoder = LineDecoder(field, id_field)
