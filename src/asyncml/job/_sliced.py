@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, TypeVar, cast
 
 import numpy as np
@@ -97,11 +98,8 @@ async def sliced_outcomes(
     """Like :func:`ordered_outcomes`, for a loaded :class:`SlicedModel`: each batch's
     items go in slices of ``slice_rows``; outcomes come back per row, in input order."""
 
-    async def row_by_row(rows: Sequence[Any]) -> BatchOutcome:
-        return await _row_by_row(model, rows)
-
     async with contextlib.aclosing(
-        _slice_outcomes(model, batches, row_by_row, slice_rows, max_in_flight)
+        _slice_outcomes(model, batches, partial(_row_by_row, model), slice_rows, max_in_flight)
     ) as results:
         async for tag, _, ran in results:
             values: list[Any] = []
@@ -135,9 +133,9 @@ async def decoded_outcomes(
                 parts.append(one)
                 continue
             rows = decoder([line])  # here only to name the row's id in its dead letter
-            outcome = BatchOutcome([None], {0: cast(Any, one)}) if rows.items else None
+            failed = BatchOutcome([None], {0: cast(Any, one)}) if rows.items else BatchOutcome([])
             rows.items = []
-            parts.append(DecodedSlice(rows, outcome or BatchOutcome([])))
+            parts.append(DecodedSlice(rows, failed))
         items, values, errors = combine(parts, [1] * len(parts), ids_are_rows=ids_are_rows)
         return DecodedSlice(items, BatchOutcome(values, cast(Any, errors) or None))
 
