@@ -9,9 +9,10 @@ statistics, never from sleeps; the only real-clock waits are deadlines meant to 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,11 @@ async def test_a_stage_error_is_a_json_error_naming_the_stage_and_no_traceback()
         )
 
 
-async def test_an_item_whose_deadline_passes_gets_504_and_no_stage_computes_it() -> None:
+@contextlib.asynccontextmanager
+async def item_0_holding_the_stage(*, withdrawn: int) -> AsyncIterator[Running]:
+    """A served pipeline whose first stage has one worker, held by item 0 while the test
+    sends items that queue behind it, then lets it go. The test's ``withdrawn`` items must
+    have left the queue: 0 and then 3 are served, and the stage never fetched another."""
     store = Store()
     store.gate.clear()
     async with (
@@ -135,6 +140,17 @@ async def test_an_item_whose_deadline_passes_gets_504_and_no_stage_computes_it()
     ):
         first = group.create_task(running.post(PREDICT, json={"input": 0}))
         await store.holding.wait()  # 0 holds the stage's only worker; later items queue
+        yield running
+        store.gate.set()
+        assert (await first)[:2] == (200, {"output": int(LABELS[0])})
+        # The stage takes its queue in order: the test's items were dropped before 3.
+        assert (await running.post(PREDICT, json={"input": 3}))[0] == 200
+        assert store.asked == [0, 3]
+        assert service(running).statistics().stages[0].withdrawn == withdrawn
+
+
+async def test_an_item_whose_deadline_passes_gets_504_and_no_stage_computes_it() -> None:
+    async with item_0_holding_the_stage(withdrawn=2) as running:
         status, error, _ = await running.post(
             PREDICT, json={"input": 1}, headers={"X-Request-Timeout": "0.05"}
         )
@@ -142,23 +158,10 @@ async def test_an_item_whose_deadline_passes_gets_504_and_no_stage_computes_it()
         assert error["error"] == "pipeline 'digits': the item's deadline passed"
         status, error, _ = await running.post(PREDICT, json={"input": 2, "timeout": 0.05})
         assert status == 504
-        store.gate.set()
-        assert (await first)[:2] == (200, {"output": int(LABELS[0])})
-        # The stage takes its queue in order: 1 and 2 were dropped before 3 was taken.
-        assert (await running.post(PREDICT, json={"input": 3}))[0] == 200
-        assert store.asked == [0, 3]
-        assert service(running).statistics().stages[0].withdrawn == 2
 
 
 async def test_a_client_that_disconnects_has_its_items_withdrawn() -> None:
-    store = Store()
-    store.gate.clear()
-    async with (
-        started({"digits": digits(store, concurrency=1)}) as running,
-        asyncio.TaskGroup() as group,
-    ):
-        first = group.create_task(running.post(PREDICT, json={"input": 0}))
-        await store.holding.wait()
+    async with item_0_holding_the_stage(withdrawn=2) as running:
         body = b'{"inputs": [1, 2]}'
         _, writer = await asyncio.open_connection("127.0.0.1", running.server.port)
         writer.write(
@@ -171,11 +174,6 @@ async def test_a_client_that_disconnects_has_its_items_withdrawn() -> None:
         writer.close()
         await writer.wait_closed()
         await until(lambda: running.status_count("digits", "v1_predict", 499) == 1, limit=100_000)
-        store.gate.set()
-        assert (await first)[0] == 200
-        assert (await running.post(PREDICT, json={"input": 3}))[0] == 200
-        assert store.asked == [0, 3]
-        assert service(running).statistics().stages[0].withdrawn == 2
 
 
 async def test_a_full_pipeline_refuses_at_once_with_503_and_serves_again_after() -> None:
