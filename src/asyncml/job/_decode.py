@@ -68,11 +68,7 @@ def combine(
     dead: list[dict[str, Any]] = []
     start = first_row
     for part, size in zip(parts, sizes, strict=True):
-        outcome = part.outcome
-        if outcome.errors:
-            errors.update({len(values) + i: e for i, e in outcome.errors.items()})
-        got: Any = outcome.values  # an array when the worker compacted its numbers
-        values.extend(got.tolist() if isinstance(got, np.ndarray) else got)
+        append_outcome(values, errors, part.outcome)
         if not whole:
             numbers.extend(start + n for n in part.rows.rows)
             dead.extend(_moved(letter, start, ids_are_rows) for letter in part.rows.dead)
@@ -82,6 +78,17 @@ def combine(
     rows: range | list[int] = range(first_row, start) if whole else numbers
     items = Items(first_row, start, position, [], rows, rows if ids_are_rows else ids, dead)
     return items, values, errors
+
+
+def append_outcome(
+    values: list[Any], errors: dict[int, BaseException], outcome: BatchOutcome
+) -> None:
+    """Adds a slice's outcome to those of the slices before it (``values`` and ``errors``,
+    errors keyed by offset)."""
+    if outcome.errors:
+        errors.update({len(values) + i: e for i, e in outcome.errors.items()})
+    got: Any = outcome.values  # an array when the worker compacted its numbers
+    values.extend(got.tolist() if isinstance(got, np.ndarray) else got)
 
 
 def _moved(letter: dict[str, Any], by: int, ids_are_rows: bool) -> dict[str, Any]:

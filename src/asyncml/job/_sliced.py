@@ -23,7 +23,7 @@ import numpy as np
 from .._batch import BatchOutcome, run_batch
 from .._loaded import LoadedModel
 from .._model import Model, ModelSpec
-from ._decode import DecodedSlice, LineDecoder, combine
+from ._decode import DecodedSlice, LineDecoder, append_outcome, combine
 from ._ordered import Outcomes, ordered_outcomes
 from ._rows import Items
 
@@ -105,10 +105,7 @@ async def sliced_outcomes(
             values: list[Any] = []
             errors: dict[int, BaseException] = {}
             for outcome in ran:
-                if outcome.errors:
-                    errors.update({len(values) + i: e for i, e in outcome.errors.items()})
-                got = outcome.values
-                values.extend(got.tolist() if isinstance(got, np.ndarray) else got)
+                append_outcome(values, errors, outcome)
             yield Outcomes(tag, values, errors)
 
 
