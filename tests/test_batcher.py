@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 import asyncml
+from asyncml.executors import InlineExecutor
 from tests.fakeclock import FakeClockLoop
 from tests.helpers import GatedModel, until
 
@@ -74,6 +75,43 @@ async def test_max_wait_ends_early_when_the_batch_fills(clock: FakeClockLoop) ->
         assert clock.time() == 0
         model.gate.set()
         await asyncio.gather(busy, *full)
+
+
+class SendsAhead(InlineExecutor):
+    """One worker that takes one batch ahead, as a process worker does (two model instances:
+    one for the batch it runs, one for the batch sent ahead)."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+
+    @property
+    def capacity(self) -> int:
+        return 1
+
+    @property
+    def prefetch(self) -> int:
+        return 1
+
+
+async def test_a_busy_pool_is_sent_only_full_batches_ahead() -> None:
+    model = GatedModel()
+    model.gate.clear()
+    async with asyncml.load(model, executor=SendsAhead(), max_batch_size=4) as m:
+        busy = asyncio.ensure_future(m("a"))
+        await model.started.wait()
+        calls = [asyncio.ensure_future(m(i)) for i in range(3)]
+        await until(lambda: m.statistics().queued == 3)
+        await asyncio.sleep(0)  # a dispatch, if one had been scheduled, runs here
+        assert m.statistics().queued == 3  # a partial batch waits for a free worker
+        calls.append(asyncio.ensure_future(m(3)))
+        await until(lambda: m.statistics().queued == 0)  # full: sent ahead
+        calls += [asyncio.ensure_future(m(i)) for i in range(4, 8)]
+        await until(lambda: m.statistics().queued == 4)
+        await asyncio.sleep(0)
+        assert m.statistics().queued == 4  # one batch ahead per worker, no more
+        model.gate.set()
+        assert await asyncio.gather(busy, *calls) == [("out", x) for x in ["a", *range(8)]]
+    assert model.batches == [["a"], [0, 1, 2, 3], [4, 5, 6, 7]]
 
 
 async def test_an_idle_pool_ignores_max_wait(clock: FakeClockLoop) -> None:

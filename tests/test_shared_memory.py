@@ -116,6 +116,37 @@ async def test_killing_a_worker_mid_batch_leaves_no_shared_memory() -> None:
     assert not await asyncio.to_thread(shm_names, os.getpid())
 
 
+async def eventually(condition: Callable[[], bool], limit: float = 30.0) -> None:
+    """Returns once ``condition()`` (checked off the loop) holds; fails after ``limit`` s."""
+    deadline = asyncio.get_running_loop().time() + limit
+    while not await asyncio.to_thread(condition):
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_batch_sent_ahead_to_a_worker_that_dies_runs_on_its_replacement() -> None:
+    arrays = [np.full((300, 300), float(i)) for i in range(3)]
+    pool = asyncml.executors.ProcessExecutor(1, max_attempts=1)
+    async with batch_holder(hold=1) as (port, arrived):
+        model = models.HoldsBatches(port)
+        async with asyncml.load(model, executor=pool, max_batch_size=1) as m:
+            run = asyncio.ensure_future(m.map(arrays, return_exceptions=True))
+            worker = await asyncio.wait_for(arrived.get(), timeout=30)
+            # While the first batch runs, the next (full) one is already in the worker's
+            # other segment, whose name stays until the worker maps it.
+            await eventually(lambda: len(shm_names(os.getpid())) == 1)
+            os.kill(worker, signal.SIGKILL)
+            results = await run
+    # The batch the worker ran had its one attempt; the one it had not started is not
+    # charged with the death: it runs on the replacement, as does the third.
+    assert isinstance(results[0], asyncml.WorkerCrashed)
+    assert results[0].reason == "killed by SIGKILL"
+    for array, result in zip(arrays[1:], results[1:], strict=True):
+        assert_array_equal(result, array)
+    assert pool.restarts == 1
+    assert not await asyncio.to_thread(shm_names, os.getpid())
+
+
 def test_killing_the_parent_mid_batch_leaves_no_shared_memory() -> None:
     with subprocess.Popen(
         [sys.executable, str(ROOT / "tests" / "scripts" / "killed_mid_batch.py")],

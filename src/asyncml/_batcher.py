@@ -57,7 +57,8 @@ class Batcher:
         self._max_queue = max_queue
         self._timeout = timeout
         self._capacity = executor.capacity
-        self._free = executor.capacity
+        self._free = executor.capacity  # below 0 while batches sent ahead wait in workers
+        self._ahead = -executor.prefetch  # the least _free may go, with full batches only
         self._queue: deque[_Entry] = deque()
         self._dispatch_scheduled = False
         self._wait_timer: asyncio.TimerHandle | None = None
@@ -222,8 +223,9 @@ class Batcher:
         self._queue.append((item, future, now, deadline))
         self._submitted += 1
         if (
-            self._free
-            and not self._dispatch_scheduled
+            self._free > 0 or (self._free > self._ahead and len(self._queue) >= self._max_batch)
+        ) and (
+            not self._dispatch_scheduled
             # A batch held back by max_wait is only worth another look once it is full.
             and (self._wait_timer is None or len(self._queue) >= self._max_batch)
         ):
@@ -246,7 +248,9 @@ class Batcher:
             self._wait_timer.cancel()
             self._wait_timer = None
         queue = self._queue
-        while self._free and queue:
+        while queue and (
+            self._free > 0 or (self._free > self._ahead and len(queue) >= self._max_batch)
+        ):
             if self._max_wait and len(queue) < self._max_batch and self._free < self._capacity:
                 # Other batches are running, so more items are on their way: let this grow.
                 due = queue[0][2] + self._max_wait

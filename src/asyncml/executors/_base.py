@@ -3,7 +3,7 @@
 Above this line nothing knows where model code runs. An executor owns its workers (threads,
 processes, actors): it starts them (each builds its own model and runs ``setup()``), runs
 one batch per free worker, and stops them. The batcher never has more than ``capacity``
-batches outstanding, so ``submit`` always finds a free worker.
+batches outstanding (plus ``prefetch`` full ones), so ``submit`` always finds a place.
 """
 
 from __future__ import annotations
@@ -33,6 +33,13 @@ class Executor(ABC):
     @abstractmethod
     def capacity(self) -> int:
         """How many batches may run at once (usually the number of workers)."""
+
+    @property
+    def prefetch(self) -> int:
+        """How many more batches the pool takes, beyond ``capacity``, to send ahead to busy
+        workers; the batcher gives it only full ones. ``0`` unless sending a batch costs the
+        parent time that a worker's run could hide (process workers copy arrays)."""
+        return 0
 
     @property
     def broken(self) -> AsyncmlError | None:

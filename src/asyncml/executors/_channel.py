@@ -14,10 +14,14 @@ touching shared memory.
   are views of the inputs (``return batch``), only says where they lie in the request
   segment. The parent copies them out, once: both segments are reused by the next batch.
 
-A model that keeps input arrays beyond its batch would see them overwritten by the next
+A worker holds up to :data:`SLOTS` batches: the one it runs and the next, sent ahead so
+that the parent's copy of it overlaps the run (see ``_process``). Each slot has its own pair
+of segments, and the parent reuses a slot only once it has copied its outcome out.
+
+A model that keeps input arrays beyond its batch would see them overwritten by a later
 one; the worker notices that their segment is still in use, gives it up to those arrays,
-and the parent sends the next batch in a new one. Segments grow to the largest batch seen
-and are freed with their worker.
+and the parent sends the slot's next batch in a new one. Segments grow to the largest batch
+seen and are freed with their worker.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from __future__ import annotations
 import mmap
 import pickle
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -41,7 +47,14 @@ from ._wire import pack, pack_outcome, unpack, unpack_outcome
 THRESHOLD = 64 * 1024
 #: Buffers start on cache-line boundaries, which also aligns every numpy dtype.
 _ALIGN = 64
+#: Batches a worker may hold at once, each with its own segments.
+SLOTS = 2
 _REQUEST, _RESPONSE = 0, 1
+
+
+def _key(kind: int, slot: int) -> int:
+    """The key of a slot's request or response segment, in both processes' tables."""
+    return 2 * slot + kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +77,8 @@ class _Frame:
     attach: str | None = None
     #: worker to parent: the model kept arrays of the request segment; use a new one
     retained: bool = False
+    #: which of the worker's places the batch takes (its segments are the slot's)
+    slot: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +86,14 @@ class _NeedResponseSegment:
     """Worker to parent, before its outcome: send me the name of a segment this large."""
 
     size: int
+    slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class _ResponseSegment:
+    """Parent to worker: the segment asked for, or None (the outcome takes the pipe)."""
+
+    name: str | None
 
 
 class Unsendable(Exception):
@@ -88,24 +111,44 @@ class ParentChannel:
     def __init__(self, conn: Connection):
         self.conn = conn
         self._segments: dict[int, Segment] = {}
-        self._unconfirmed: list[str] = []  # created, and not yet known to be unlinked
+        # Per slot: names created for it, not yet known to be unlinked by the worker.
+        self._unconfirmed: dict[int, list[str]] = {}
 
     def exchange(self, items: Sequence[Any], timeout: float | None) -> BatchOutcome:
-        """Sends a batch and returns its outcome.
+        """Sends a batch, with nothing else in flight, and returns its outcome.
 
         Raises:
             Unsendable: an item does not pickle; nothing was sent.
             TimeoutError: the worker gave no outcome within ``timeout`` seconds.
             EOFError, OSError: the worker died.
         """
-        request = self._segments.get(_REQUEST)
+        self.send(items, 0)
+        return self.receive(timeout)
+
+    def send(self, items: Sequence[Any], slot: int) -> None:
+        """Sends a batch to run in ``slot``, which no unanswered batch may hold.
+
+        Raises:
+            Unsendable: an item does not pickle; nothing was sent.
+            OSError: the worker died.
+        """
+        key = _key(_REQUEST, slot)
+        request = self._segments.get(key)
         try:
-            stream, buffers = _encode(pack(items), {}, self._reserve_request)
+            stream, buffers = _encode(pack(items), {}, partial(self._reserve_in, key))
         except Exception as exc:
             raise Unsendable from exc
-        new = self._segments.get(_REQUEST)
+        new = self._segments.get(key)
         attach = new.name if new is not None and new is not request else None
-        self._send(_Frame(stream, buffers, attach=attach))
+        self._send(_Frame(stream, buffers, attach=attach, slot=slot))
+
+    def receive(self, timeout: float | None) -> BatchOutcome:
+        """The outcome of the oldest unanswered batch (workers answer in order).
+
+        Raises:
+            TimeoutError: the worker gave no outcome within ``timeout`` seconds.
+            EOFError, OSError: the worker died.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -114,32 +157,34 @@ class ParentChannel:
             message = pickle.loads(self.conn.recv_bytes())
             if not isinstance(message, _NeedResponseSegment):
                 break
-            segment = self._reserve(_RESPONSE, message.size)
-            self._send(None if segment is None else segment.name)
-        self._unconfirmed.clear()  # the worker answered: it mapped and unlinked them
+            segment = self._reserve(_key(_RESPONSE, message.slot), message.size)
+            self._send(_ResponseSegment(None if segment is None else segment.name))
+        # The worker answered this slot's batch: it mapped and unlinked the slot's names.
+        self._unconfirmed.pop(message.slot, None)
         outcome: BatchOutcome = _decode(message, self._segments, copy=True)
         if message.retained:
-            self._segments.pop(_REQUEST).close()
+            self._segments.pop(_key(_REQUEST, message.slot)).close()
         return unpack_outcome(outcome)
 
     def close(self) -> None:
         """Closes the pipe and unmaps the segments; no name of ours is left behind."""
-        for name in self._unconfirmed:
-            _shm.unlink(name)
+        for names in self._unconfirmed.values():
+            for name in names:
+                _shm.unlink(name)
         self._unconfirmed.clear()
         for segment in self._segments.values():
             segment.close()
         self._segments.clear()
         self.conn.close()
 
-    def _reserve_request(self, size: int) -> tuple[int, Segment] | None:
-        segment = self._reserve(_REQUEST, size)
-        return None if segment is None else (_REQUEST, segment)
+    def _reserve_in(self, key: int, size: int) -> tuple[int, Segment] | None:
+        segment = self._reserve(key, size)
+        return None if segment is None else (key, segment)
 
-    def _reserve(self, which: int, size: int) -> Segment | None:
-        """Segment ``which``, replaced by a larger one if it holds less than ``size`` bytes;
+    def _reserve(self, key: int, size: int) -> Segment | None:
+        """Segment ``key``, replaced by a larger one if it holds less than ``size`` bytes;
         None if there is no shared memory to be had (the message uses the pipe)."""
-        current = self._segments.get(which)
+        current = self._segments.get(key)
         if current is not None and current.size >= size:
             return current
         if not _shm.available():
@@ -149,10 +194,10 @@ class ParentChannel:
             segment = Segment.create(-(-grown // mmap.PAGESIZE) * mmap.PAGESIZE)
         except OSError:
             return None  # e.g. /dev/shm is full
-        self._unconfirmed.append(segment.name)
+        self._unconfirmed.setdefault(key // 2, []).append(segment.name)
         if current is not None:
             current.close()
-        self._segments[which] = segment
+        self._segments[key] = segment
         return segment
 
     def _send(self, message: object) -> None:
@@ -165,6 +210,8 @@ class WorkerChannel:
     def __init__(self, conn: Connection):
         self._conn = conn
         self._segments: dict[int, Segment] = {}
+        # Batches the parent sent ahead while this worker waited for a segment's name.
+        self._ahead: deque[_Frame | None] = deque()
 
     def receive(self) -> _Frame | None:
         """The next batch, or None when the parent asks the worker to stop.
@@ -172,6 +219,8 @@ class WorkerChannel:
         Raises:
             ParentGone: the pipe closed.
         """
+        if self._ahead:
+            return self._ahead.popleft()
         message: _Frame | None = pickle.loads(self._recv())
         return message
 
@@ -181,31 +230,39 @@ class WorkerChannel:
         Raises:
             ParentGone: the pipe closed.
         """
+        request_key = _key(_REQUEST, frame.slot)
         if frame.attach is not None:
-            self._replace(_REQUEST, Segment.attach(frame.attach))
+            self._replace(request_key, Segment.attach(frame.attach))
         # One expression: the items and the outcome are gone before the in_use() check.
         stream, buffers = _encode(
             pack_outcome(run(unpack(_decode(frame, self._segments, copy=False)))),
             self._segments,
-            self._reserve_response,
+            partial(self._reserve_response, frame.slot),
         )
-        request = self._segments.get(_REQUEST)
+        request = self._segments.get(request_key)
         retained = request is not None and request.in_use()
         if retained:
-            del self._segments[_REQUEST]  # its mapping lives on with the model's arrays
-        self._send(_Frame(stream, buffers, retained=retained))
+            del self._segments[request_key]  # its mapping lives on with the model's arrays
+        self._send(_Frame(stream, buffers, retained=retained, slot=frame.slot))
 
-    def _reserve_response(self, size: int) -> tuple[int, Segment] | None:
-        current = self._segments.get(_RESPONSE)
+    def _reserve_response(self, slot: int, size: int) -> tuple[int, Segment] | None:
+        key = _key(_RESPONSE, slot)
+        current = self._segments.get(key)
         if current is None or current.size < size:
             if not _shm.available():
                 return None
-            self._send(_NeedResponseSegment(size))
-            name: str | None = pickle.loads(self._recv())
+            self._send(_NeedResponseSegment(size, slot))
+            name = self._segment_name()
             if name is None:
                 return None
-            current = self._replace(_RESPONSE, Segment.attach(name))
-        return _RESPONSE, current
+            current = self._replace(key, Segment.attach(name))
+        return key, current
+
+    def _segment_name(self) -> str | None:
+        """The parent's answer to a _NeedResponseSegment; batches it sent ahead of it wait."""
+        while not isinstance(message := pickle.loads(self._recv()), _ResponseSegment):
+            self._ahead.append(message)
+        return message.name
 
     def _replace(self, which: int, segment: Segment) -> Segment:
         old = self._segments.get(which)
