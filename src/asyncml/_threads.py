@@ -21,11 +21,8 @@ from typing import Any, Literal
 IntraOpThreads = int | Literal["auto"] | None
 
 
-def resolve_intra_op_threads(
-    setting: IntraOpThreads, workers: int, *, reserved: int = 0
-) -> int | None:
-    """The number of threads each worker's pools may use, or ``None`` to leave them alone;
-    ``"auto"`` shares the cores, less ``reserved`` of them, among the workers.
+def resolve_intra_op_threads(setting: IntraOpThreads, workers: int) -> int | None:
+    """The number of threads each worker's pools may use, or ``None`` to leave them alone.
 
     Raises:
         ValueError: ``setting`` is not ``"auto"``, ``None`` or an int >= 1.
@@ -33,7 +30,7 @@ def resolve_intra_op_threads(
     if setting is None:
         return None
     if setting == "auto":
-        return max(1, ((os.cpu_count() or 1) - reserved) // max(1, workers))
+        return max(1, (os.cpu_count() or 1) // max(1, workers))
     if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
         raise ValueError(f"intra_op_threads must be 'auto', None or an int >= 1, got {setting!r}")
     return setting

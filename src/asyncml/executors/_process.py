@@ -77,8 +77,7 @@ class ProcessExecutor(Executor):
     Args:
         workers: number of worker processes.
         intra_op_threads: threads each worker's BLAS/OpenMP/torch pools may use: ``"auto"``
-            (the cores but one, for the parent, divided among the workers), an int, or
-            ``None`` to leave them alone.
+            (the cores divided among the workers), an int, or ``None`` to leave them alone.
         max_attempts: runs an item gets when its worker keeps dying, before it fails alone
             with :class:`WorkerCrashed`.
         execution_timeout: seconds a batch may run before its worker is killed (handled
@@ -100,8 +99,7 @@ class ProcessExecutor(Executor):
         if execution_timeout is not None and not execution_timeout > 0:
             raise ValueError(f"execution_timeout must be > 0 seconds, got {execution_timeout!r}")
         self._workers = workers
-        # One core stays with the parent, which copies the next batches while workers run.
-        self._pool_threads = resolve_intra_op_threads(intra_op_threads, workers, reserved=1)
+        self._pool_threads = resolve_intra_op_threads(intra_op_threads, workers)
         self._execution_timeout = execution_timeout
         self._context = multiprocessing.get_context("spawn")  # safe with threads and torch
         # Per worker: the batches given to it, the pipe that wakes its driver when one comes
