@@ -227,6 +227,17 @@ def test_without_room_in_shared_memory_arrays_take_the_pipe(
         assert_array_equal(value, array * 2)
 
 
+def test_a_batch_sent_ahead_waits_while_the_worker_asks_for_a_segment() -> None:
+    first, second = [np.arange(100_000.0)], [np.arange(100_000.0) + 1]
+    with channel(doubled) as parent:
+        parent.send(first, 0)
+        parent.send(second, 1)  # reaches the worker while it waits for its response segment
+        answers = [parent.receive(timeout=None), parent.receive(timeout=None)]
+    for items, outcome in zip([first, second], answers, strict=True):
+        assert_array_equal(outcome.values[0], items[0] * 2)
+    assert not shm_names(os.getpid())
+
+
 def test_a_segment_whose_worker_never_mapped_it_is_removed_on_close() -> None:
     ours, theirs = Pipe()
     parent = ParentChannel(ours)

@@ -6,11 +6,13 @@ pipe; array buffers cross through shared memory (see ``_channel``). A worker hol
 batches: the one it runs and the next, sent (and copied) while it runs, so that it never
 waits for the parent. The event loop gives each batch to the worker that holds the fewest,
 and the batcher only sends a second one to a busy worker when it is full (``prefetch``).
-A worker that dies (a signal, ``os._exit``, the OOM killer) is noticed the moment its pipe closes;
-one that exceeds ``execution_timeout`` is killed. Either way the worker is replaced and its
-batch goes back to the queue for a healthy worker: retried whole once (the death may have
+
+A worker that dies (a signal, ``os._exit``, the OOM killer) is noticed the moment its pipe
+closes; one that exceeds ``execution_timeout`` is killed. Either way the worker is replaced
+and the batch it ran goes back for a healthy worker: retried whole once (the death may have
 been bad luck), then split in halves, until an item that keeps killing workers stands alone
-and fails with :class:`WorkerCrashed` after ``max_attempts``.
+and fails with :class:`WorkerCrashed` after ``max_attempts``. A batch it had not started
+goes back uncharged.
 """
 
 from __future__ import annotations
@@ -215,8 +217,8 @@ class ProcessExecutor(Executor):
             key=lambda i: (not self._up[i], self._load[i]),
             default=None,
         )
-        if index is None:  # every worker gave up
-            self._recovery.requeue(part)  # fails it with the pool's error
+        if index is None:  # every worker gave up: the pool is broken
+            self._recovery.fail(part, self._recovery.broken or self._recovery.closed(_CLOSED))
             return
         self._load[index] += 1
         self._inboxes[index].put(part)
