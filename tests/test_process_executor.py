@@ -135,6 +135,17 @@ async def test_a_hung_batch_is_killed_after_the_execution_timeout() -> None:
     assert "execution timeout" in str(results[1])
 
 
+async def test_a_batch_waiting_behind_a_hung_one_runs_on_the_replacement() -> None:
+    pool = ProcessExecutor(1, execution_timeout=0.5, max_attempts=1)
+    async with asyncml.load(models.hang_on_13, executor=pool, max_batch_size=1) as m:
+        # [14] is a full batch: it is sent ahead to the worker stuck on [13].
+        results = await m.map([13, 14], return_exceptions=True)
+    assert isinstance(results[0], asyncml.WorkerCrashed)
+    assert "execution timeout" in str(results[0])
+    assert results[1] == 42  # not charged with the death of the worker it waited in
+    assert pool.restarts == 1
+
+
 async def test_a_failing_setup_is_a_start_up_error() -> None:
     with pytest.raises(asyncml.SetupError, match="FileNotFoundError: no weights"):
         async with asyncml.load(models.FailsSetup, executor="process", workers=2):
