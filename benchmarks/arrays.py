@@ -8,19 +8,25 @@ Models:
 ``sum``       a cheap reduction, ``float(x.sum())``: 4 MB go, a float comes back
 ``project``   ``x @ W`` with a fixed 1000x100 ``W``: some compute (BLAS), 400 KB come back
 
-A thread worker reads the caller's array where it is; a process worker gets it through
-shared memory, which costs the parent one copy of it (and one more for each array that
-comes back). So the ratio below is about (copy + model) / model: close to 1 for models that
-compute, far from it for ``identity``.
+Systems:
+
+``thread``    thread workers: they read the caller's array where it is
+``process``   process workers, the caller's arrays ordinary numpy arrays: the parent copies
+              each into shared memory once (and each array that comes back out once), so
+              the ratio to ``thread`` is about (copy + model) / model
+``shared``    process workers, the caller's arrays made with ``asyncml.shared_array``: the
+              worker maps them where they are, and an output that is a view of its input
+              comes back as such, so nothing is copied (``project``'s own output still is)
 
 Each measurement runs in a fresh process: ``callers`` closed-loop coroutines each doing
 ``await model(x)`` over ``items`` calls (a pool of distinct arrays, reused), after one
-untimed pass that starts the workers and sizes their shared memory. Repeats are
-interleaved (thread, process, thread, process, ...) and the table gives medians: ms per
-item, and the ratio of process to thread within each repeat; ``--json PATH`` writes the
-rows (``model``, ``dtype``, per-executor ms per item and per-repeat figures, ``ratio``).
+untimed pass that starts the workers, sizes their shared memory and checks the outputs.
+Repeats are interleaved (thread, process, shared, thread, ...) and the table gives
+medians: ms per item, and each process system's ratio to ``thread`` within each repeat;
+``--json PATH`` writes the rows (``model``, ``dtype``, per-system ms per item and per-repeat
+figures, ``ratio`` and ``shared_ratio``).
 
-Run:  python benchmarks/arrays.py [--models identity,sum] [--items 200] [--repeats 3]
+Run:  python benchmarks/arrays.py [--models identity,sum] [--items 1000] [--repeats 3]
       [--workers 1] [--callers 8] [--max-batch-size 4] [--dtype float32] [--json PATH]
 """
 
@@ -43,7 +49,7 @@ import asyncml
 SHAPE = (1000, 1000)
 #: Distinct input arrays; calls cycle through them, so memory stays small.
 POOL = 8
-EXECUTORS: tuple[Literal["thread", "process"], ...] = ("thread", "process")
+SYSTEMS: tuple[Literal["thread", "process", "shared"], ...] = ("thread", "process", "shared")
 
 
 def identity(batch: list[Any]) -> list[Any]:
@@ -68,10 +74,10 @@ MODELS = {"identity": identity, "sum": sum_each, "project": project}
 
 @dataclass(frozen=True)
 class Case:
-    """One measurement: a model on an executor, with its load."""
+    """One measurement: a model on a system, with its load."""
 
     model: str
-    executor: Literal["thread", "process"]
+    system: Literal["thread", "process", "shared"]
     workers: int
     items: int
     callers: int
@@ -87,30 +93,40 @@ async def measure(case: Case) -> float:
     """
     rng = np.random.default_rng(0)
     pool = [rng.random(SHAPE).astype(case.dtype) for _ in range(POOL)]
+    if case.system == "shared":
+        pool = [_shared_copy(array) for array in pool]
     predict = MODELS[case.model]
     expected = predict(pool)
     async with asyncml.load(
         predict,
-        executor=case.executor,
+        executor="thread" if case.system == "thread" else "process",
         workers=case.workers,
         max_batch_size=case.max_batch_size,
     ) as model:
 
-        async def caller(first: int, count: int) -> None:
+        async def caller(first: int, count: int, check: bool) -> None:
             for index in range(first, count, case.callers):
                 output = await model(pool[index % POOL])
-                if index < POOL:  # outputs are checked, not kept: identity's are large
+                if check and index < POOL:  # checked, not kept: identity's outputs are large
                     assert np.allclose(output, expected[index]), f"wrong output {index}"
 
-        async def run(count: int) -> None:
+        async def run(count: int, check: bool = False) -> None:
             async with asyncio.TaskGroup() as group:
                 for first in range(case.callers):
-                    group.create_task(caller(first, count))
+                    group.create_task(caller(first, count, check))
 
-        await run(2 * case.callers * case.max_batch_size)  # untimed: start, size, check
+        # Untimed: starts the workers, sizes their shared memory, checks the outputs (the
+        # check costs more than an identity call, so the timed pass leaves it out).
+        await run(2 * case.callers * case.max_batch_size, check=True)
         start = time.perf_counter()
         await run(case.items)
         return (time.perf_counter() - start) / case.items
+
+
+def _shared_copy(array: np.ndarray) -> np.ndarray:
+    shared = asyncml.shared_array(array.shape, array.dtype)
+    shared[...] = array
+    return shared
 
 
 def run_child(case: Case) -> float:
@@ -131,7 +147,7 @@ def run_child(case: Case) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated")
-    parser.add_argument("--items", type=int, default=200, help="timed calls per measurement")
+    parser.add_argument("--items", type=int, default=1000, help="timed calls per measurement")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1, help="for both executors")
     parser.add_argument("--callers", type=int, default=8)
@@ -149,18 +165,16 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown models {unknown}; known: {', '.join(MODELS)}")
     cases = [
-        Case(
-            model, executor, args.workers, args.items, args.callers, args.max_batch_size, args.dtype
-        )
+        Case(model, system, args.workers, args.items, args.callers, args.max_batch_size, args.dtype)
         for model in models
-        for executor in EXECUTORS
+        for system in SYSTEMS
     ]
     seconds: dict[Case, list[float]] = {case: [] for case in cases}
     for repeat in range(args.repeats):
         for case in cases:
             seconds[case].append(run_child(case))
             per_item = seconds[case][-1] * 1e3
-            print(f"repeat {repeat + 1}: {case.model} {case.executor} {per_item:.2f} ms/item",
+            print(f"repeat {repeat + 1}: {case.model} {case.system} {per_item:.2f} ms/item",
                   file=sys.stderr, flush=True)  # fmt: skip
 
     print(
@@ -168,14 +182,19 @@ def main() -> int:
         f"max_batch_size={args.max_batch_size}, {args.items} items, "
         f"median of {args.repeats} interleaved repeats"
     )
-    print(f"{'model':<10}{'thread ms/item':>16}{'process ms/item':>17}{'process/thread':>16}")
+    print(
+        f"{'model':<10}{'thread ms/item':>16}{'process ms/item':>17}{'process/thread':>16}"
+        f"{'shared ms/item':>16}{'shared/thread':>15}"
+    )
     rows = []
     for model in models:
-        thread, process = (seconds[c] for c in cases if c.model == model)
+        thread, process, shared = (seconds[c] for c in cases if c.model == model)
         ratio = statistics.median(p / t for p, t in zip(process, thread, strict=True))
+        shared_ratio = statistics.median(s / t for s, t in zip(shared, thread, strict=True))
         print(
             f"{model:<10}{statistics.median(thread) * 1e3:>16.2f}"
             f"{statistics.median(process) * 1e3:>17.2f}{ratio:>15.2f}x"
+            f"{statistics.median(shared) * 1e3:>16.2f}{shared_ratio:>14.2f}x"
         )
         rows.append(
             {
@@ -184,9 +203,12 @@ def main() -> int:
                 "shape": list(SHAPE),
                 "thread_ms_per_item": statistics.median(thread) * 1e3,
                 "process_ms_per_item": statistics.median(process) * 1e3,
+                "shared_ms_per_item": statistics.median(shared) * 1e3,
                 "thread_runs_ms": [t * 1e3 for t in thread],
                 "process_runs_ms": [p * 1e3 for p in process],
+                "shared_runs_ms": [s * 1e3 for s in shared],
                 "ratio": ratio,
+                "shared_ratio": shared_ratio,
             }
         )
     if args.json:

@@ -62,6 +62,8 @@ EXPECTED = {
     "ray_digits.py": r"64 clients classified 4,495 digits on 2 Ray actors .* accuracy 9\d\.\d%"
     r".*actor \S+:\d+ served [1-9].*actor \S+:\d+ served [1-9]",
     "serve_digits.py": r"serving 'digits' at .*2,000 answered, accuracy 9\d\.\d%.*stopped",
+    "shared_arrays.py": r"plain arrays : 32 frames standardised=True, 0 returned in place.*"
+    r"shared arrays: 32 frames standardised=True, 32 returned in place",
     "serve_pipeline.py": r"serving pipeline 'digits' at .*fails at stage 'check': HTTP 500"
     r".*2,000 answered, accuracy 9\d\.\d%.*stage=\"DigitClassifier\"\} 2005\.0.*stopped",
 }

@@ -199,7 +199,7 @@ def test_only_the_pickle_stream_crosses_the_pipe_for_large_arrays() -> None:
     arrays = [np.ones((500, 500)), np.ones(10_000, dtype=np.int32)]
     segment = Segment.create(2**21)
     _shm.unlink(segment.name)
-    stream, buffers = _channel._encode(arrays, {}, lambda size: (0, segment))
+    stream, buffers = _channel._encode(arrays, _channel._nowhere, lambda size: (0, segment))
     assert len(stream) < 1_000
     assert all(isinstance(buffer, _channel._Slice) for buffer in buffers)
     segment.close()
@@ -209,7 +209,7 @@ def test_small_payloads_travel_in_the_message() -> None:
     def reserve(size: int) -> tuple[int, Segment]:
         pytest.fail("shared memory is not even asked for")
 
-    _, buffers = _channel._encode([np.ones(100)] * 10, {}, reserve)
+    _, buffers = _channel._encode([np.ones(100)] * 10, _channel._nowhere, reserve)
     assert not any(isinstance(buffer, _channel._Slice) for buffer in buffers)
 
 

@@ -22,6 +22,7 @@ from ._looplag import LoopLagMonitor, LoopLagStatistics
 from ._map import MapRun, map
 from ._model import Model
 from ._stats import LatencySummary, ModelStatistics
+from .executors._shared import shared_array
 from .pipeline import DeadLetter, Pipeline, PipelineFailed, RateLimit, Retry, fetch, stage
 
 __all__ = [
@@ -48,5 +49,6 @@ __all__ = [
     "fetch",
     "load",
     "map",
+    "shared_array",
     "stage",
 ]

@@ -22,6 +22,10 @@ A model that keeps input arrays beyond its batch would see them overwritten by a
 one; the worker notices that their segment is still in use, gives it up to those arrays,
 and the parent sends the slot's next batch in a new one. Segments grow to the largest batch
 seen and are freed with their worker.
+
+Arrays made with :func:`~asyncml.shared_array` are in shared memory already (see
+``_shared``): they cross as a :class:`~._shared.SharedSlice` both ways, with no copy at all,
+when the worker can open its parent's files (it says so when it is ready).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import numpy as np
 
 from .._batch import BatchOutcome
 from . import _shm
+from ._shared import REGISTRY, SharedMaps, SharedSlice, view_in_parent
 from ._shm import Segment
 from ._wire import pack, pack_outcome, unpack, unpack_outcome
 
@@ -79,6 +84,8 @@ class _Frame:
     retained: bool = False
     #: which of the worker's places the batch takes (its segments are the slot's)
     slot: int = 0
+    #: parent to worker: shared arrays (by inode) the parent let go, to unmap
+    release: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,11 +115,15 @@ class ParentChannel:
     """The parent's end of one worker's pipe. It creates and names every segment, and
     removes the names the worker may not have removed (see ``_shm``)."""
 
-    def __init__(self, conn: Connection):
+    def __init__(self, conn: Connection, *, shared: bool = False):
+        """``shared``: the worker can map shared arrays; without it they are copied."""
         self.conn = conn
         self._segments: dict[int, Segment] = {}
         # Per slot: names created for it, not yet known to be unlinked by the worker.
         self._unconfirmed: dict[int, list[str]] = {}
+        self._shared = shared
+        # Shared arrays (by inode) the worker has mapped, until it is told they are gone.
+        self._mapped: set[int] = set()
 
     def exchange(self, items: Sequence[Any], timeout: float | None) -> BatchOutcome:
         """Sends a batch, with nothing else in flight, and returns its outcome.
@@ -134,13 +145,16 @@ class ParentChannel:
         """
         key = _key(_REQUEST, slot)
         request = self._segments.get(key)
+        find = REGISTRY.find if self._shared else _nowhere
         try:
-            stream, buffers = _encode(pack(items), {}, partial(self._reserve_in, key))
+            stream, buffers = _encode(pack(items), find, partial(self._reserve_in, key))
         except Exception as exc:
             raise Unsendable from exc
         new = self._segments.get(key)
         attach = new.name if new is not None and new is not request else None
-        self._send(_Frame(stream, buffers, attach=attach, slot=slot))
+        release = self._released()
+        self._mapped.update(b.inode for b in buffers if isinstance(b, SharedSlice))
+        self._send(_Frame(stream, buffers, attach=attach, slot=slot, release=release))
 
     def receive(self, timeout: float | None) -> BatchOutcome:
         """The outcome of the oldest unanswered batch (workers answer in order).
@@ -161,7 +175,7 @@ class ParentChannel:
             self._send(_ResponseSegment(None if segment is None else segment.name))
         # The worker answered this slot's batch: it mapped and unlinked the slot's names.
         self._unconfirmed.pop(message.slot, None)
-        outcome: BatchOutcome = _decode(message, self._segments, copy=True)
+        outcome: BatchOutcome = _decode(message, self._segments, view_in_parent, copy=True)
         if message.retained:
             self._segments.pop(_key(_REQUEST, message.slot)).close()
         return unpack_outcome(outcome)
@@ -176,6 +190,14 @@ class ParentChannel:
             segment.close()
         self._segments.clear()
         self.conn.close()
+
+    def _released(self) -> tuple[int, ...]:
+        """The shared arrays the worker mapped that are gone here since the last batch."""
+        if not self._mapped:
+            return ()
+        gone = tuple(inode for inode in self._mapped if not REGISTRY.alive(inode))
+        self._mapped.difference_update(gone)
+        return gone
 
     def _reserve_in(self, key: int, size: int) -> tuple[int, Segment] | None:
         segment = self._reserve(key, size)
@@ -210,6 +232,7 @@ class WorkerChannel:
     def __init__(self, conn: Connection):
         self._conn = conn
         self._segments: dict[int, Segment] = {}
+        self._shared = SharedMaps()
         # Batches the parent sent ahead while this worker waited for a segment's name.
         self._ahead: deque[_Frame | None] = deque()
 
@@ -233,10 +256,20 @@ class WorkerChannel:
         request_key = _key(_REQUEST, frame.slot)
         if frame.attach is not None:
             self._replace(request_key, Segment.attach(frame.attach))
+        self._shared.forget(frame.release)
+        # Outputs that are views of this batch's shared arrays go back as such: the
+        # parent's caller holds those arrays until the outcome arrives.
+        inputs = {b.inode for b in frame.buffers if isinstance(b, SharedSlice)}
+        segments = self._segments
+
+        def find(raw: memoryview) -> _Slice | SharedSlice | None:
+            where = _find(raw, segments)
+            return where if where is not None or not inputs else self._shared.find(raw, inputs)
+
         # One expression: the items and the outcome are gone before the in_use() check.
         stream, buffers = _encode(
-            pack_outcome(run(unpack(_decode(frame, self._segments, copy=False)))),
-            self._segments,
+            pack_outcome(run(unpack(_decode(frame, segments, self._shared.view, copy=False)))),
+            find,
             partial(self._reserve_response, frame.slot),
         )
         request = self._segments.get(request_key)
@@ -286,11 +319,11 @@ class WorkerChannel:
 
 def _encode(
     payload: Any,
-    segments: dict[int, Segment],
+    find: Callable[[memoryview], _Slice | SharedSlice | None],
     reserve: Callable[[int], tuple[int, Segment] | None],
 ) -> tuple[bytes, tuple[Any, ...]]:
-    """``payload``'s pickle stream and its buffers: slices of ``segments`` for buffers that
-    already lie in one, then either slices of the segment ``reserve(size)`` gives (once
+    """``payload``'s pickle stream and its buffers: where ``find`` says a buffer already
+    lies in shared memory, then either slices of the segment ``reserve(size)`` gives (once
     there are THRESHOLD bytes to place) or the buffers themselves."""
     pickled: list[pickle.PickleBuffer] = []
     stream = pickle.dumps(payload, protocol=5, buffer_callback=pickled.append)
@@ -298,7 +331,7 @@ def _encode(
     to_place: list[tuple[int, memoryview]] = []
     for index, buffer in enumerate(pickled):
         raw = buffer.raw()
-        where = _find(raw, segments)
+        where = find(raw)
         if where is None:
             to_place.append((index, raw))
         buffers.append(buffer if where is None else where)
@@ -310,6 +343,10 @@ def _encode(
             np.copyto(segment.array[offset : offset + raw.nbytes], np.frombuffer(raw, np.uint8))
             buffers[index] = _Slice(which, offset, raw.nbytes)
     return stream, tuple(buffers)
+
+
+def _nowhere(raw: memoryview) -> None:
+    return None
 
 
 def _find(raw: memoryview, segments: dict[int, Segment]) -> _Slice | None:
@@ -331,12 +368,27 @@ def _layout(sizes: Sequence[int]) -> tuple[list[int], int]:
     return offsets, end
 
 
-def _decode(frame: _Frame, segments: dict[int, Segment], *, copy: bool) -> Any:
-    """Unpickles ``frame``; its arrays are views of the segments, or copies with ``copy``."""
-    return pickle.loads(frame.stream, buffers=[_resolve(b, segments, copy) for b in frame.buffers])
+def _decode(
+    frame: _Frame,
+    segments: dict[int, Segment],
+    shared: Callable[[SharedSlice], np.ndarray],
+    *,
+    copy: bool,
+) -> Any:
+    """Unpickles ``frame``; its arrays are views of the segments, or copies with ``copy``,
+    and views of shared arrays (which no later batch overwrites) either way."""
+    buffers = [_resolve(b, segments, shared, copy) for b in frame.buffers]
+    return pickle.loads(frame.stream, buffers=buffers)
 
 
-def _resolve(buffer: Any, segments: dict[int, Segment], copy: bool) -> Any:
+def _resolve(
+    buffer: Any,
+    segments: dict[int, Segment],
+    shared: Callable[[SharedSlice], np.ndarray],
+    copy: bool,
+) -> Any:
+    if isinstance(buffer, SharedSlice):
+        return shared(buffer)
     if not isinstance(buffer, _Slice):
         return buffer
     view = segments[buffer.segment].array[buffer.offset : buffer.offset + buffer.length]

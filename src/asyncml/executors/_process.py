@@ -421,10 +421,10 @@ class ProcessExecutor(Executor):
         theirs.close()
         self._processes[index] = process
         try:
-            status, error = ours.recv()
+            status, detail = ours.recv()  # ("ready", shared arrays mappable) or ("failed", error)
         except (EOFError, OSError):
             process.join()
-            status, error = (
+            status, detail = (
                 "failed",
                 RuntimeError(
                     f"worker process {_death(process)} before it was ready (its output says why; "
@@ -435,12 +435,12 @@ class ProcessExecutor(Executor):
         if status == "ready":
             if started is not None:
                 loop.call_soon_threadsafe(settle, started, None)
-            return ParentChannel(ours)
+            return ParentChannel(ours, shared=detail)
         ours.close()
         process.join()
         self._processes[index] = None
         if started is not None:
-            loop.call_soon_threadsafe(settle, started, error)
+            loop.call_soon_threadsafe(settle, started, detail)
         return None
 
     def _respawn(

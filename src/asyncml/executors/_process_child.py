@@ -1,7 +1,8 @@
 """The program a worker process runs: build the model, then answer one batch per message.
 
 Messages from the parent: a batch (see ``_channel``), or ``None`` (close and exit).
-Messages to the parent: ``("ready", None)`` or ``("failed", error)`` after start-up, one
+Messages to the parent: ``("ready", shared)`` (whether the worker can map the parent's
+shared arrays, see ``_shared``) or ``("failed", error)`` after start-up, one
 outcome per batch, and ``("closed", error_or_none)`` before a clean exit.
 A parent that dies closes the pipe: the worker sees end-of-file and exits, so no worker
 outlives its parent.
@@ -21,6 +22,7 @@ from .._errors import ModelError
 from .._model import Model, ModelSpec
 from .._threads import IntraOpLimit
 from ._channel import ParentGone, WorkerChannel
+from ._shared import readable_from
 from ._shm import sweep
 
 
@@ -37,7 +39,7 @@ def serve(conn: Connection, spec: ModelSpec, threads: int | None) -> None:
     except BaseException as exc:
         conn.send(("failed", ModelError.from_exception(exc, model=spec.name)))
         return
-    conn.send(("ready", None))
+    conn.send(("ready", readable_from(parent)))
     channel = WorkerChannel(conn)
     try:
         while (frame := channel.receive()) is not None:
