@@ -35,10 +35,9 @@ import pickle
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -62,8 +61,7 @@ def _key(kind: int, slot: int) -> int:
     return 2 * slot + kind
 
 
-@dataclass(frozen=True, slots=True)
-class _Slice:
+class _Slice(NamedTuple):
     """Where one out-of-band buffer lies: in which segment, from which byte, how long."""
 
     segment: int
@@ -71,8 +69,7 @@ class _Slice:
     length: int
 
 
-@dataclass(frozen=True, slots=True)
-class _Frame:
+class _Frame(NamedTuple):
     """A batch (parent to worker) or its outcome (worker to parent)."""
 
     stream: bytes
@@ -88,16 +85,14 @@ class _Frame:
     release: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class _NeedResponseSegment:
+class _NeedResponseSegment(NamedTuple):
     """Worker to parent, before its outcome: send me the name of a segment this large."""
 
     size: int
     slot: int
 
 
-@dataclass(frozen=True, slots=True)
-class _ResponseSegment:
+class _ResponseSegment(NamedTuple):
     """Parent to worker: the segment asked for, or None (the outcome takes the pipe)."""
 
     name: str | None

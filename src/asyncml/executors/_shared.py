@@ -24,14 +24,13 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import index
-from typing import SupportsIndex
+from typing import NamedTuple, SupportsIndex
 
 import numpy as np
 import numpy.typing as npt
 
 
-@dataclass(frozen=True, slots=True)
-class SharedSlice:
+class SharedSlice(NamedTuple):
     """Where one buffer lies in a shared array's file, for a worker to map it."""
 
     pid: int
