@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from multiprocessing import Pipe
 from pathlib import Path
@@ -247,3 +248,27 @@ def test_a_segment_whose_worker_never_mapped_it_is_removed_on_close() -> None:
     parent.close()
     theirs.close()
     assert not shm_names(os.getpid())
+
+
+async def test_names_left_by_a_parent_killed_with_its_worker_go_when_a_pool_starts() -> None:
+    # A parent and its worker SIGKILLed together, between a segment's creation and the
+    # worker mapping it, leave its name behind: nobody is left to remove it.
+    done = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    await done.wait()  # its pid is free now, and not soon reused
+    left = Path(f"/dev/shm/asyncml-{done.pid}-0123456789abcdef")
+    mine = Path(f"/dev/shm/asyncml-{os.getpid()}-0123456789abcdef")  # a live parent's
+    fresh = Path(f"/dev/shm/asyncml-{done.pid}-fedcba9876543210")  # maybe on its way
+    for path in (left, mine, fresh):
+        await asyncio.to_thread(path.write_bytes, b"\0" * 4096)
+    long_ago = time.time() - _shm.ORPHAN_AGE_S - 1
+    for path in (left, mine):
+        await asyncio.to_thread(os.utime, path, (long_ago, long_ago))
+    try:
+        async with asyncml.load(models.triple, executor="process") as m:
+            assert await m(2) == 6
+        assert not await asyncio.to_thread(left.exists)
+        assert await asyncio.to_thread(mine.exists)
+        assert await asyncio.to_thread(fresh.exists)
+    finally:
+        for path in (left, mine, fresh):
+            await asyncio.to_thread(path.unlink, missing_ok=True)

@@ -37,6 +37,7 @@ from .._batch import BatchOutcome
 from .._errors import AsyncmlError, ModelError, SetupError
 from .._model import ModelSpec
 from .._threads import IntraOpThreads, resolve_intra_op_threads
+from . import _shm
 from ._base import (
     BatchDone,
     Executor,
@@ -165,6 +166,7 @@ class ProcessExecutor(Executor):
         self._load = [0] * self._workers
         self._up = [True] * self._workers
         self._gone = [False] * self._workers
+        await asyncio.to_thread(_shm.sweep_orphans)
         await start_worker_threads(
             self._drivers,
             self._drive,

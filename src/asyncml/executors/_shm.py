@@ -6,7 +6,8 @@ the parent also removes the name once the worker answered, or once the worker di
 then on the memory lives only as long as some process maps it, and the kernel frees it when
 the last one exits, killed or not: nothing is left in ``/dev/shm`` to clean up. A worker
 whose parent was killed before the name reached it removes its parent's names on its way
-out (:func:`sweep`).
+out (:func:`sweep`), and names left by a parent killed together with its worker are
+removed by the next process executor to start (:func:`sweep_orphans`).
 
 ``multiprocessing.shared_memory`` is not used: it registers every segment with the resource
 tracker, which warns about and unlinks them at exit, and (before Python 3.13) registers a
@@ -20,11 +21,14 @@ import mmap
 import os
 import secrets
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
 _DIRECTORY = Path("/dev/shm")
+#: Seconds after which a dead parent's segment name counts as left behind.
+ORPHAN_AGE_S = 600
 
 
 def available() -> bool:
@@ -117,3 +121,35 @@ def sweep(parent_pid: int) -> None:
     """Removes every segment name of a parent that is gone."""
     for path in _DIRECTORY.glob(prefix(parent_pid) + "*"):
         unlink(path.name)
+
+
+def sweep_orphans() -> list[str]:
+    """Removes the segment names of every parent that is no longer running; returns them.
+
+    A name outlives its parent only if the parent and the worker it was meant for were
+    killed together in the moment between its creation and the worker mapping it (e.g. a
+    SIGKILL to the whole process group). Each process executor sweeps such names as it
+    starts. Only names older than :data:`ORPHAN_AGE_S` go: a parent in another pid
+    namespace that shares this ``/dev/shm`` looks dead from here, and its fresh names are
+    still on their way to its workers. A live process with a dead parent's pid keeps the
+    names until it exits.
+    """
+    removed = []
+    old = time.time() - ORPHAN_AGE_S
+    for path in _DIRECTORY.glob("asyncml-*-*"):
+        pid = path.name.split("-")[1]
+        with contextlib.suppress(FileNotFoundError):
+            if pid.isdigit() and not _running(int(pid)) and path.stat().st_mtime < old:
+                unlink(path.name)
+                removed.append(path.name)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
