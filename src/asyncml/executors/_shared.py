@@ -31,7 +31,9 @@ import numpy.typing as npt
 
 
 class SharedSlice(NamedTuple):
-    """Where one buffer lies in a shared array's file, for a worker to map it."""
+    """Where one buffer lies in a shared array's file. ``pid`` and ``fd`` say where a
+    worker opens the file; a worker naming one of its batch's arrays back to the parent
+    leaves them out (0 and -1): the parent finds its array by ``inode``."""
 
     pid: int
     fd: int
@@ -101,8 +103,8 @@ class _Registry:
             block = self._blocks[at]
             if address + buffer.nbytes > block.end or block.mapping() is None:
                 return None
-            return SharedSlice(os.getpid(), block.fd, block.inode, address - block.start,
-                               buffer.nbytes)  # fmt: skip
+            offset = address - block.start
+            return SharedSlice(os.getpid(), block.fd, block.inode, offset, buffer.nbytes)
 
     def view(self, where: SharedSlice) -> np.ndarray | None:
         """The bytes ``where`` names, if this process still maps them (as their parent)."""
