@@ -59,6 +59,11 @@ ASYNCML_LENGTH_CONFIG = BatchConfig(workers=2, max_batch_size=16, length_aware=T
 SWEEP_CONFIGS = (
     *(BatchConfig(workers=w, max_batch_size=size) for w in (1, 2) for size in (128, 256)),
     *(BatchConfig(workers=1, max_batch_size=size, intra_op_threads=1) for size in (128, 256)),
+    *(
+        BatchConfig(workers=w, max_batch_size=size, executor="process")
+        for w in (1, 2)
+        for size in (128, 256)
+    ),
 )
 #: Fewer requests for what runs one item per ``predict`` call (every system at one caller,
 #: and the peers that never batch), so that they take seconds, not minutes; items/s stays

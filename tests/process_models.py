@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import importlib
 import os
 import socket
 import time
@@ -165,3 +166,14 @@ def shared_maps(batch: list[Any]) -> list[int]:
     with open("/proc/self/maps") as maps:
         mapped = sum("memfd:asyncml-shared" in line for line in maps)
     return [mapped] * len(batch)
+
+
+def late_blas_threads(batch: list[Any]) -> list[int]:
+    """The largest BLAS/OpenMP pool once scipy's BLAS is loaded, which happens here, long after
+    the worker applied its thread limit to the libraries it had loaded."""
+    from threadpoolctl import threadpool_info
+
+    importlib.import_module("scipy.linalg")
+
+    threads = max(pool["num_threads"] for pool in threadpool_info())
+    return [threads for _ in batch]

@@ -167,6 +167,22 @@ async def test_workers_limit_their_blas_threads() -> None:
         assert await m(0) == 1
 
 
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: every pool has one thread")
+def test_libraries_a_model_loads_late_get_the_limit_from_the_next_batch() -> None:
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "late_blas.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")},
+        check=True,
+    )
+    # The batch that loaded scipy ran with its pool's default size; the next, limited.
+    first, second = done.stdout.split()
+    assert int(first) > 1
+    assert second == "1"
+
+
 def test_ctrl_c_stops_the_workers() -> None:
     process = subprocess.Popen(
         [sys.executable, str(SCRIPTS / "interrupted.py")],

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -146,9 +147,28 @@ async def test_a_batch_waiting_behind_a_hung_one_runs_on_the_replacement() -> No
     assert pool.restarts == 1
 
 
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: every pool has one thread")
+async def test_libraries_a_model_loads_late_get_the_thread_limit_too() -> None:
+    # scipy starts its BLAS pool with a thread per core unless the limit reaches it.
+    async with asyncml.load(models.late_blas_threads, executor="process", intra_op_threads=1) as m:
+        assert await m(0) == 1
+
+
 async def test_a_failing_setup_is_a_start_up_error() -> None:
     with pytest.raises(asyncml.SetupError, match="FileNotFoundError: no weights"):
         async with asyncml.load(models.FailsSetup, executor="process", workers=2):
+            pytest.fail("must not start")
+
+
+async def test_a_model_its_worker_cannot_import_is_a_start_up_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A module that lives only in the parent's memory: pickled by name, then not found.
+    ghost = types.ModuleType("ghost_models")
+    exec("def double(batch):\n    return [2 * x for x in batch]\n", ghost.__dict__)
+    monkeypatch.setitem(sys.modules, "ghost_models", ghost)
+    with pytest.raises(asyncml.SetupError, match="No module named 'ghost_models'"):
+        async with asyncml.load(ghost.double, executor="process"):
             pytest.fail("must not start")
 
 

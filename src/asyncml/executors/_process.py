@@ -406,13 +406,13 @@ class ProcessExecutor(Executor):
     ) -> ParentChannel | None:
         """Starts worker ``index``; returns its channel once it is ready, or None if it failed."""
         ours, theirs = self._context.Pipe()
-        process = self._context.Process(
-            target=serve,
-            args=(theirs, spec, self._pool_threads),
-            name=f"asyncml-{spec.name}-{index}",
-            daemon=True,
-        )
         try:
+            process = self._context.Process(
+                target=serve,
+                args=(theirs, spec.name, pickle.dumps(spec), self._pool_threads),
+                name=f"asyncml-{spec.name}-{index}",
+                daemon=True,
+            )
             process.start()
         except Exception as exc:  # e.g. spawned from a module with no __main__ guard
             ours.close()

@@ -11,6 +11,7 @@ outlives its parent.
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 from collections.abc import Sequence
 from functools import partial
@@ -20,30 +21,37 @@ from typing import Any
 from .._batch import BatchOutcome, run_batch
 from .._errors import ModelError
 from .._model import Model, ModelSpec
-from .._threads import IntraOpLimit
+from .._threads import IntraOpLimit, limit_pools_loaded_later
 from ._channel import ParentGone, WorkerChannel
 from ._shared import readable_from
 from ._shm import sweep
 
 
-def serve(conn: Connection, spec: ModelSpec, threads: int | None) -> None:
-    """Runs in the worker process until told to stop or orphaned."""
+def serve(conn: Connection, name: str, pickled_spec: bytes, threads: int | None) -> None:
+    """Runs in the worker process until told to stop or orphaned.
+
+    The model comes pickled, to be unpickled only once the thread-pool variables are set:
+    unpickling imports its modules, and with them the libraries those variables size.
+    """
     # Ctrl-C reaches the whole process group; the parent decides how its workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    limit_pools_loaded_later(threads)
+    limit = IntraOpLimit(threads)  # this whole process is the worker's: never released
     parent = os.getppid()
     try:
+        spec: ModelSpec = pickle.loads(pickled_spec)
         model = spec.create()
         model.setup()
-        IntraOpLimit(threads).apply()  # this whole process is the worker's: never released
+        limit.apply()  # to what was loaded before the variables were set: numpy, say
         model.warmup()
     except BaseException as exc:
-        conn.send(("failed", ModelError.from_exception(exc, model=spec.name)))
+        conn.send(("failed", ModelError.from_exception(exc, model=name)))
         return
     conn.send(("ready", readable_from(parent)))
     channel = WorkerChannel(conn)
     try:
         while (frame := channel.receive()) is not None:
-            channel.answer(frame, partial(_run, model, spec))
+            channel.answer(frame, partial(_run, model, spec, limit))
     except ParentGone:
         if os.getppid() != parent:  # it was killed: remove names it had no time to pass on
             sweep(parent)
@@ -56,8 +64,12 @@ def serve(conn: Connection, spec: ModelSpec, threads: int | None) -> None:
     conn.send(("closed", error))
 
 
-def _run(model: Model[Any, Any], spec: ModelSpec, items: Sequence[Any]) -> BatchOutcome:
+def _run(
+    model: Model[Any, Any], spec: ModelSpec, limit: IntraOpLimit, items: Sequence[Any]
+) -> BatchOutcome:
     try:
         return run_batch(model, spec, items)
     except BaseException as exc:  # e.g. SystemExit raised by the model's code
         return BatchOutcome.failure(len(items), ModelError.from_exception(exc, model=spec.name))
+    finally:
+        limit.cover_new_libraries()  # before the answer lets the next batch come

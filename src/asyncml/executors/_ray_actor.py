@@ -71,6 +71,7 @@ class ModelActor:
             outcome = BatchOutcome.failure(
                 len(items), ModelError.from_exception(exc, model=spec.name)
             )
+        self._limit.cover_new_libraries()
         return pack_outcome(outcome)
 
     def close(self) -> ModelError | None:

@@ -126,6 +126,7 @@ class ThreadExecutor(Executor):
                 except BaseException as exc:  # e.g. SystemExit raised by the model's code
                     error = ModelError.from_exception(exc, model=spec.name)
                     outcome = BatchOutcome.failure(len(items), error)
+                limit.cover_new_libraries()  # before the next call can reach a worker
                 loop.call_soon_threadsafe(done, outcome)
         finally:
             if model is not None and set_up:
