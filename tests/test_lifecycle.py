@@ -18,6 +18,7 @@ import asyncml
 from tests.helpers import GatedModel, until
 
 SCRIPTS = Path(__file__).parent / "scripts"
+REPO = Path(__file__).parents[1]
 
 
 class BrokenSetup(asyncml.Model[Any, Any]):
@@ -176,7 +177,8 @@ def test_libraries_a_model_loads_late_get_the_limit_from_the_next_batch() -> Non
         timeout=60,
         env={
             **{k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")},
-            "PYTHONPATH": str(Path(__file__).parents[1] / "src"),
+            # src for asyncml, the checkout for tests.process_models
+            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)]),
         },
         check=True,
     )

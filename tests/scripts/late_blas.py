@@ -3,16 +3,10 @@ interpreter (so that nothing loaded it before): prints the largest BLAS/OpenMP p
 batch saw, one line per batch."""
 
 import asyncio
-import importlib
 
-from threadpoolctl import threadpool_info
+from tests.process_models import late_blas_threads
 
 import asyncml
-
-
-def late_blas_threads(batch: list[int]) -> list[int]:
-    importlib.import_module("scipy.linalg")
-    return [max(pool["num_threads"] for pool in threadpool_info()) for _ in batch]
 
 
 async def main() -> None:
