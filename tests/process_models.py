@@ -18,6 +18,13 @@ def triple(batch: list[int]) -> list[int]:
     return [3 * x for x in batch]
 
 
+def triple_steadily(batch: list[int]) -> list[int]:
+    """``triple`` at about 200 batches a second per worker: a run lasts long enough for a
+    test to kill workers during it."""
+    time.sleep(0.005)
+    return [3 * x for x in batch]
+
+
 def pids(batch: list[Any]) -> list[int]:
     return [os.getpid() for _ in batch]
 

@@ -83,7 +83,7 @@ async def test_a_stacked_batch_crosses_as_one_array_both_ways() -> None:
 async def test_killing_workers_at_random_loses_nothing() -> None:
     rng = random.Random(0)
     pool = ProcessExecutor(2)
-    async with asyncml.load(models.triple, executor=pool, max_batch_size=16) as m:
+    async with asyncml.load(models.triple_steadily, executor=pool, max_batch_size=16) as m:
         run = asyncio.ensure_future(m.map(range(10_000)))
         for _ in range(10):  # a kill every 25 batches
             target = m.statistics().batches + 25

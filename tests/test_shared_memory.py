@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from multiprocessing import Pipe
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,37 @@ def test_killing_the_parent_mid_batch_leaves_no_shared_memory() -> None:
 # -- the channel on its own: both ends in this process, the worker's on a thread -----------
 
 
+class BlockingParent:
+    """The parent's end over a blocking pipe, as a test drives it: what the process
+    executor does from the event loop, one call at a time."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.codec = ParentChannel()
+
+    def send(self, items: Sequence[Any], slot: int) -> None:
+        packed = self.codec.pack(items, slot)
+        packed.transfer.run()
+        self.conn.send_bytes(packed.message)
+
+    def receive(self, timeout: float | None) -> BatchOutcome:
+        while True:
+            if not self.conn.poll(timeout):
+                raise TimeoutError
+            received = self.codec.take(self.conn.recv_bytes(), self.conn.send_bytes)
+            if received is not None:
+                received.transfer.run()
+                return received.outcome()
+
+    def exchange(self, items: Sequence[Any], timeout: float | None) -> BatchOutcome:
+        self.send(items, 0)
+        return self.receive(timeout)
+
+    def close(self) -> None:
+        self.codec.close()
+        self.conn.close()
+
+
 @contextlib.contextmanager
 def channel(run: Callable[[Sequence[Any]], BatchOutcome]) -> Any:
     """A parent's channel to a worker thread that answers each batch with ``run``."""
@@ -182,7 +214,7 @@ def channel(run: Callable[[Sequence[Any]], BatchOutcome]) -> Any:
 
     thread = threading.Thread(target=serve)
     thread.start()
-    parent = ParentChannel(ours)
+    parent = BlockingParent(ours)
     try:
         yield parent
     finally:
@@ -200,7 +232,7 @@ def test_only_the_pickle_stream_crosses_the_pipe_for_large_arrays() -> None:
     arrays = [np.ones((500, 500)), np.ones(10_000, dtype=np.int32)]
     segment = Segment.create(2**21)
     _shm.unlink(segment.name)
-    stream, buffers = _channel._encode(arrays, _channel._nowhere, lambda size: (0, segment))
+    stream, buffers, _ = _channel._encode(arrays, _channel._nowhere, lambda size: (0, segment))
     assert len(stream) < 1_000
     assert all(isinstance(buffer, _channel._Slice) for buffer in buffers)
     segment.close()
@@ -210,7 +242,7 @@ def test_small_payloads_travel_in_the_message() -> None:
     def reserve(size: int) -> tuple[int, Segment]:
         pytest.fail("shared memory is not even asked for")
 
-    _, buffers = _channel._encode([np.ones(100)] * 10, _channel._nowhere, reserve)
+    _, buffers, _ = _channel._encode([np.ones(100)] * 10, _channel._nowhere, reserve)
     assert not any(isinstance(buffer, _channel._Slice) for buffer in buffers)
 
 
@@ -241,7 +273,7 @@ def test_a_batch_sent_ahead_waits_while_the_worker_asks_for_a_segment() -> None:
 
 def test_a_segment_whose_worker_never_mapped_it_is_removed_on_close() -> None:
     ours, theirs = Pipe()
-    parent = ParentChannel(ours)
+    parent = BlockingParent(ours)
     with pytest.raises(TimeoutError):
         parent.exchange([np.ones((300, 300))], timeout=0)  # no worker reads it
     assert len(shm_names(os.getpid())) == 1

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import mmap
 import pickle
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -51,6 +50,8 @@ from ._wire import pack, pack_outcome, unpack, unpack_outcome
 THRESHOLD = 64 * 1024
 #: Buffers start on cache-line boundaries, which also aligns every numpy dtype.
 _ALIGN = 64
+#: Stands for a buffer copied out of shared memory until the copy is made.
+_COPIED = object()
 #: Batches a worker may hold at once, each with its own segments.
 SLOTS = 2
 _REQUEST, _RESPONSE = 0, 1
@@ -98,6 +99,64 @@ class _ResponseSegment(NamedTuple):
     name: str | None
 
 
+class Transfer:
+    """The copies between shared memory and private arrays that one message needs: made
+    before a message is sent, or after one is read and before its outcome is rebuilt. They
+    touch nothing but the arrays, so a thread can make them while the event loop runs on
+    (numpy copies without holding the GIL)."""
+
+    __slots__ = ("_copies", "copied", "nbytes")
+
+    def __init__(self) -> None:
+        self._copies: list[tuple[np.ndarray | None, np.ndarray]] = []
+        #: The new arrays, for the copies added with no target, in the order added.
+        self.copied: list[np.ndarray] = []
+        self.nbytes = 0
+
+    def add(self, target: np.ndarray | None, source: np.ndarray) -> None:
+        """Copies ``source`` into ``target``, or into a new array (see ``copied``)."""
+        self._copies.append((target, source))
+        self.nbytes += source.nbytes
+
+    def run(self) -> None:
+        # New arrays are allocated here too: then the thread that fills their pages is
+        # the one that frees and gets them back, and the copy is faster.
+        for target, source in self._copies:
+            if target is None:
+                self.copied.append(np.copy(source))
+            else:
+                np.copyto(target, source)
+
+
+class Packed(NamedTuple):
+    """A batch ready to send once ``transfer`` has run."""
+
+    message: bytes
+    transfer: Transfer
+
+
+class Received:
+    """An outcome read from the worker: once ``transfer`` has copied its arrays out of
+    shared memory, :meth:`outcome` rebuilds it."""
+
+    __slots__ = ("_buffers", "_channel", "_frame", "transfer")
+
+    def __init__(
+        self, channel: ParentChannel, frame: _Frame, buffers: list[Any], transfer: Transfer
+    ):
+        self._channel = channel
+        self._frame = frame
+        self._buffers = buffers
+        self.transfer = transfer
+
+    def outcome(self) -> BatchOutcome:
+        copied = iter(self.transfer.copied)
+        buffers = [next(copied) if b is _COPIED else b for b in self._buffers]
+        outcome: BatchOutcome = pickle.loads(self._frame.stream, buffers=buffers)
+        self._channel._answered(self._frame)
+        return unpack_outcome(outcome)
+
+
 class Unsendable(Exception):
     """The batch could not be pickled; the exception it raised is ``__cause__``."""
 
@@ -107,12 +166,12 @@ class ParentGone(Exception):
 
 
 class ParentChannel:
-    """The parent's end of one worker's pipe. It creates and names every segment, and
-    removes the names the worker may not have removed (see ``_shm``)."""
+    """What the parent says to one worker and reads from it, without the pipe: it packs
+    batches into messages and reads the messages that come back. It creates and names every
+    segment, and removes the names the worker may not have removed (see ``_shm``)."""
 
-    def __init__(self, conn: Connection, *, shared: bool = False):
+    def __init__(self, *, shared: bool = False):
         """``shared``: the worker can map shared arrays; without it they are copied."""
-        self.conn = conn
         self._segments: dict[int, Segment] = {}
         # Per slot: names created for it, not yet known to be unlinked by the worker.
         self._unconfirmed: dict[int, list[str]] = {}
@@ -120,63 +179,49 @@ class ParentChannel:
         # Shared arrays (by inode) the worker has mapped, until it is told they are gone.
         self._mapped: set[int] = set()
 
-    def exchange(self, items: Sequence[Any], timeout: float | None) -> BatchOutcome:
-        """Sends a batch, with nothing else in flight, and returns its outcome.
+    def pack(self, items: Sequence[Any], slot: int) -> Packed:
+        """The message that sends a batch to run in ``slot``, which no unanswered batch
+        may hold, and the copies to make before it goes.
 
         Raises:
-            Unsendable: an item does not pickle; nothing was sent.
-            TimeoutError: the worker gave no outcome within ``timeout`` seconds.
-            EOFError, OSError: the worker died.
-        """
-        self.send(items, 0)
-        return self.receive(timeout)
-
-    def send(self, items: Sequence[Any], slot: int) -> None:
-        """Sends a batch to run in ``slot``, which no unanswered batch may hold.
-
-        Raises:
-            Unsendable: an item does not pickle; nothing was sent.
-            OSError: the worker died.
+            Unsendable: an item does not pickle.
         """
         key = _key(_REQUEST, slot)
         request = self._segments.get(key)
         find = REGISTRY.find if self._shared else _nowhere
         try:
-            stream, buffers = _encode(pack(items), find, partial(self._reserve_in, key))
+            stream, buffers, transfer = _encode(pack(items), find, partial(self._reserve_in, key))
         except Exception as exc:
             raise Unsendable from exc
         new = self._segments.get(key)
         attach = new.name if new is not None and new is not request else None
         release = self._released()
         self._mapped.update(b.inode for b in buffers if isinstance(b, SharedSlice))
-        self._send(_Frame(stream, buffers, attach=attach, slot=slot, release=release))
+        frame = _Frame(stream, buffers, attach=attach, slot=slot, release=release)
+        return Packed(_dump(frame), transfer)
 
-    def receive(self, timeout: float | None) -> BatchOutcome:
-        """The outcome of the oldest unanswered batch (workers answer in order).
-
-        Raises:
-            TimeoutError: the worker gave no outcome within ``timeout`` seconds.
-            EOFError, OSError: the worker died.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not self.conn.poll(remaining):
-                raise TimeoutError
-            message = pickle.loads(self.conn.recv_bytes())
-            if not isinstance(message, _NeedResponseSegment):
-                break
-            segment = self._reserve(_key(_RESPONSE, message.slot), message.size)
-            self._send(_ResponseSegment(None if segment is None else segment.name))
+    def take(self, message: bytes, reply: Callable[[bytes], None]) -> Received | None:
+        """Reads a message from the worker: the outcome of its oldest unanswered batch
+        (workers answer in order), or None for a request that ``reply`` answered at once
+        (the worker asks for a response segment before the outcome it is for)."""
+        frame = pickle.loads(message)
+        if isinstance(frame, _NeedResponseSegment):
+            segment = self._reserve(_key(_RESPONSE, frame.slot), frame.size)
+            reply(_dump(_ResponseSegment(None if segment is None else segment.name)))
+            return None
         # The worker answered this slot's batch: it mapped and unlinked the slot's names.
-        self._unconfirmed.pop(message.slot, None)
-        outcome: BatchOutcome = _decode(message, self._segments, view_in_parent, copy=True)
-        if message.retained:
-            self._segments.pop(_key(_REQUEST, message.slot)).close()
-        return unpack_outcome(outcome)
+        self._unconfirmed.pop(frame.slot, None)
+        transfer = Transfer()
+        buffers = [_resolve(b, self._segments, view_in_parent, transfer) for b in frame.buffers]
+        return Received(self, frame, buffers, transfer)
+
+    def _answered(self, frame: _Frame) -> None:
+        """The outcome of ``frame`` is out of shared memory."""
+        if frame.retained:
+            self._segments.pop(_key(_REQUEST, frame.slot)).close()
 
     def close(self) -> None:
-        """Closes the pipe and unmaps the segments; no name of ours is left behind."""
+        """Unmaps the segments; no name of ours is left behind."""
         for names in self._unconfirmed.values():
             for name in names:
                 _shm.unlink(name)
@@ -184,7 +229,6 @@ class ParentChannel:
         for segment in self._segments.values():
             segment.close()
         self._segments.clear()
-        self.conn.close()
 
     def _released(self) -> tuple[int, ...]:
         """The shared arrays the worker mapped that are gone here since the last batch."""
@@ -216,9 +260,6 @@ class ParentChannel:
             current.close()
         self._segments[key] = segment
         return segment
-
-    def _send(self, message: object) -> None:
-        self.conn.send_bytes(pickle.dumps(message, protocol=5))
 
 
 class WorkerChannel:
@@ -262,11 +303,12 @@ class WorkerChannel:
             return where if where is not None or not inputs else self._shared.find(raw, inputs)
 
         # One expression: the items and the outcome are gone before the in_use() check.
-        stream, buffers = _encode(
-            pack_outcome(run(unpack(_decode(frame, segments, self._shared.view, copy=False)))),
+        stream, buffers, transfer = _encode(
+            pack_outcome(run(unpack(_decode(frame, segments, self._shared.view)))),
             find,
             partial(self._reserve_response, frame.slot),
         )
+        transfer.run()
         request = self._segments.get(request_key)
         retained = request is not None and request.in_use()
         if retained:
@@ -301,7 +343,7 @@ class WorkerChannel:
 
     def _send(self, message: object) -> None:
         try:
-            self._conn.send_bytes(pickle.dumps(message, protocol=5))
+            self._conn.send_bytes(_dump(message))
         except OSError as exc:
             raise ParentGone from exc
 
@@ -312,14 +354,19 @@ class WorkerChannel:
             raise ParentGone from exc
 
 
+def _dump(message: object) -> bytes:
+    return pickle.dumps(message, protocol=5)
+
+
 def _encode(
     payload: Any,
     find: Callable[[memoryview], _Slice | SharedSlice | None],
     reserve: Callable[[int], tuple[int, Segment] | None],
-) -> tuple[bytes, tuple[Any, ...]]:
+) -> tuple[bytes, tuple[Any, ...], Transfer]:
     """``payload``'s pickle stream and its buffers: where ``find`` says a buffer already
     lies in shared memory, then either slices of the segment ``reserve(size)`` gives (once
-    there are THRESHOLD bytes to place) or the buffers themselves."""
+    there are THRESHOLD bytes to place) or the buffers themselves; and the copies into the
+    segment, still to be made."""
     pickled: list[pickle.PickleBuffer] = []
     stream = pickle.dumps(payload, protocol=5, buffer_callback=pickled.append)
     buffers: list[Any] = []
@@ -330,14 +377,15 @@ def _encode(
         if where is None:
             to_place.append((index, raw))
         buffers.append(buffer if where is None else where)
+    transfer = Transfer()
     offsets, total = _layout([raw.nbytes for _, raw in to_place])
     if to_place and total >= THRESHOLD and (reserved := reserve(total)) is not None:
         which, segment = reserved
         for (index, raw), offset in zip(to_place, offsets, strict=True):
-            # numpy copies without holding the GIL: the event loop runs on meanwhile.
-            np.copyto(segment.array[offset : offset + raw.nbytes], np.frombuffer(raw, np.uint8))
+            target = segment.array[offset : offset + raw.nbytes]
+            transfer.add(target, np.frombuffer(raw, np.uint8))
             buffers[index] = _Slice(which, offset, raw.nbytes)
-    return stream, tuple(buffers)
+    return stream, tuple(buffers), transfer
 
 
 def _nowhere(raw: memoryview) -> None:
@@ -367,24 +415,27 @@ def _decode(
     frame: _Frame,
     segments: dict[int, Segment],
     shared: Callable[[SharedSlice], np.ndarray],
-    *,
-    copy: bool,
 ) -> Any:
-    """Unpickles ``frame``; its arrays are views of the segments, or copies with ``copy``,
-    and views of shared arrays (which no later batch overwrites) either way."""
-    buffers = [_resolve(b, segments, shared, copy) for b in frame.buffers]
-    return pickle.loads(frame.stream, buffers=buffers)
+    """Unpickles ``frame``; its arrays are views of the segments, and of shared arrays."""
+    return pickle.loads(
+        frame.stream, buffers=[_resolve(b, segments, shared) for b in frame.buffers]
+    )
 
 
 def _resolve(
     buffer: Any,
     segments: dict[int, Segment],
     shared: Callable[[SharedSlice], np.ndarray],
-    copy: bool,
+    transfer: Transfer | None = None,
 ) -> Any:
+    """The buffer a message's entry stands for; with ``transfer``, a segment's bytes are
+    to be copied (by it) into a new array, which no later batch overwrites."""
     if isinstance(buffer, SharedSlice):
         return shared(buffer)
     if not isinstance(buffer, _Slice):
         return buffer
     view = segments[buffer.segment].array[buffer.offset : buffer.offset + buffer.length]
-    return np.copy(view) if copy else view
+    if transfer is None:
+        return view
+    transfer.add(None, view)
+    return _COPIED

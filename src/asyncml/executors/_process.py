@@ -1,18 +1,19 @@
 """Process workers: for GIL-bound Python models, and for code that may crash its worker.
 
-Each worker is a spawned process holding its own model, driven by a thread of ours that
-sends it batches over a pipe and waits for the answers, so the event loop never blocks on a
-pipe; array buffers cross through shared memory (see ``_channel``). A worker holds up to two
-batches: the one it runs and the next, sent (and copied) while it runs, so that it never
-waits for the parent. The event loop gives each batch to the worker that holds the fewest,
-and the batcher only sends a second one to a busy worker when it is full (``prefetch``).
+Each worker is a spawned process holding its own model. The event loop drives them all
+without a thread in between: it writes each batch to its worker's pipe and reads the
+outcome when it comes (see ``_worker_process``); array buffers cross through shared memory
+(see ``_channel``). A worker holds up to two batches: the one it runs and the next, sent
+while it runs, so that it never waits for the parent. The loop gives each batch to the
+worker that holds the fewest, and the batcher only sends a second one to a busy worker when
+it is full (``prefetch``).
 
 A worker that dies (a signal, ``os._exit``, the OOM killer) is noticed the moment its pipe
 closes; one that exceeds ``execution_timeout`` is killed. Either way the worker is replaced
 and the batch it ran goes back for a healthy worker: retried whole once (the death may have
 been bad luck), then split in halves, until an item that keeps killing workers stands alone
 and fails with :class:`WorkerCrashed` after ``max_attempts``. A batch it had not started
-goes back uncharged.
+goes back uncharged. Each worker has a supervising task, which replaces it and stops it.
 """
 
 from __future__ import annotations
@@ -20,51 +21,49 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
-import os
 import pickle
-import queue
-import signal
-import threading
-import time
 from collections import deque
 from collections.abc import Sequence
-from functools import partial
-from multiprocessing.connection import wait
-from multiprocessing.process import BaseProcess
+from dataclasses import dataclass, field
 from typing import Any
 
 from .._batch import BatchOutcome
 from .._errors import AsyncmlError, ModelError, SetupError
 from .._model import ModelSpec
+from .._shield import wait_shielded
 from .._threads import IntraOpThreads, resolve_intra_op_threads
 from . import _shm
-from ._base import (
-    BatchDone,
-    Executor,
-    close_failed,
-    drain,
-    join_workers,
-    require_sync,
-    settle,
-    start_worker_threads,
-)
-from ._channel import SLOTS, ParentChannel, Unsendable
+from ._base import BatchDone, Executor, await_startup, close_failed, require_sync, settle
+from ._channel import SLOTS, Unsendable
 from ._crash_recovery import MAX_FAILED_RESTARTS, CrashRecovery, Part, restart_delay
-from ._process_child import serve
+from ._worker_process import WorkerProcess
 
-#: Seconds a worker has to close() and exit before it is killed.
-_EXIT_GRACE = 10.0
 _CLOSED = "was closed before the item ran"
-#: Batches sent to a worker and not answered yet, the one it runs first, with their slots.
-_Running = deque[tuple[Part, int]]
 
 
-class _Crash(Exception):
-    """The worker died (or was killed) while it held a part; ``reason`` says how."""
+@dataclass(eq=False)
+class _Place:
+    """One worker's place in the pool, which outlives the processes that fill it."""
 
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
+    index: int
+    worker: WorkerProcess | None = None
+    #: Batches given to this place and not sent yet.
+    waiting: deque[Part] = field(default_factory=deque)
+    #: Batches sent to the worker and not answered yet, oldest (the one it runs) first,
+    #: with the slot each takes.
+    running: deque[tuple[Part, int]] = field(default_factory=deque)
+    #: The worker takes batches (False while it starts, restarts or stops).
+    up: bool = False
+    #: No worker will fill this place any more.
+    gone: bool = False
+    #: The execution timeout of the batch the worker runs.
+    timer: asyncio.TimerHandle | None = None
+    #: Wakes the place's supervisor: its worker died, or the pool closes.
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def load(self) -> int:
+        return len(self.waiting) + len(self.running)
 
 
 class ProcessExecutor(Executor):
@@ -105,23 +104,14 @@ class ProcessExecutor(Executor):
         self._pool_threads = resolve_intra_op_threads(intra_op_threads, workers)
         self._execution_timeout = execution_timeout
         self._context = multiprocessing.get_context("spawn")  # safe with threads and torch
-        # Per worker: the batches given to it, the pipe that wakes its driver when one comes
-        # while the worker runs another, how many it holds (queued or sent; the loop's
-        # count), whether it runs (False while it restarts), and whether it gave up.
-        self._inboxes: list[queue.SimpleQueue[Part | None]] = []
-        self._wakes: list[tuple[int, int]] = []
-        self._load: list[int] = []
-        self._up: list[bool] = []
-        self._gone: list[bool] = []
-        self._drivers: list[threading.Thread] = []
-        self._started: list[asyncio.Future[None]] = []
-        self._stopped: list[asyncio.Future[None]] = []
-        self._processes: list[BaseProcess | None] = []
+        self._places: list[_Place] = []
+        self._supervisors: list[asyncio.Task[BaseException | None]] = []  # owned: see aclose
         self._alive = 0
         self._closing = False
+        self._graceful = True
         self._recovery = CrashRecovery("a worker process", max_attempts, self._route)
         self._spec: ModelSpec | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pickled_spec = b""
         self.restarts = 0
 
     @property
@@ -150,28 +140,20 @@ class ProcessExecutor(Executor):
 
     async def start(self, spec: ModelSpec) -> None:
         self._spec = spec
+        self._pickled_spec = pickle.dumps(spec)
         self._recovery.model = spec.name
-        self._loop = loop = asyncio.get_running_loop()
-        self._started = [loop.create_future() for _ in range(self._workers)]
-        self._stopped = [loop.create_future() for _ in range(self._workers)]
-        self._processes = [None] * self._workers
+        self._places = [_Place(index) for index in range(self._workers)]
         self._alive = self._workers
-        self._inboxes = [queue.SimpleQueue() for _ in range(self._workers)]
-        self._wakes = []
-        for _ in range(self._workers):
-            read, write = os.pipe()
-            os.set_blocking(read, False)
-            os.set_blocking(write, False)
-            self._wakes.append((read, write))
-        self._load = [0] * self._workers
-        self._up = [True] * self._workers
-        self._gone = [False] * self._workers
         await asyncio.to_thread(_shm.sweep_orphans)
-        await start_worker_threads(
-            self._drivers,
-            self._drive,
-            self._started,
-            partial(self._stop_workers, graceful=False),
+        loop = asyncio.get_running_loop()
+        started = [loop.create_future() for _ in self._places]
+        self._supervisors = [
+            loop.create_task(self._supervise(place, ready), name=f"asyncml-{spec.name}-{i}")
+            for i, (place, ready) in enumerate(zip(self._places, started, strict=True))
+        ]
+        await await_startup(
+            started,
+            lambda: self._stop_workers(graceful=False),
             model=spec.name,
             kind="worker process",
         )
@@ -187,306 +169,100 @@ class ProcessExecutor(Executor):
             raise close_failed(self._spec.name if self._spec else "?", errors[0])
 
     async def _stop_workers(self, *, graceful: bool) -> list[BaseException]:
-        """Stops every worker and its driver; returns the errors their close() raised."""
+        """Stops every worker; returns the errors their close() raised."""
         self._closing = self._recovery.closing = True
+        self._graceful = self._graceful and graceful
         if not graceful:
             closed = self._recovery.closed(_CLOSED)
-            for index in range(len(self._inboxes)):
-                self._recovery.fail_all(self._take_inbox(index), closed)
-            for process in self._processes:
-                if process is not None:
-                    process.kill()  # running batches fail with Closed (see CrashRecovery.crashed)
-        for inbox in self._inboxes:
-            inbox.put(None)
-        errors = await join_workers(self._drivers, self._stopped)
-        self._drivers = []
-        for read, write in self._wakes:
-            os.close(read)
-            os.close(write)
-        self._wakes = []
-        return errors
+            for place in self._places:
+                parts, place.waiting = place.waiting, deque()
+                self._recovery.fail_all(parts, closed)
+                if place.worker is not None:
+                    place.worker.kill()  # running batches fail with Closed (see crashed())
+        for place in self._places:
+            place.wake.set()
+        supervisors = asyncio.gather(*self._supervisors)
+        await wait_shielded(supervisors)
+        return [error for error in supervisors.result() if error is not None]
 
-    # -- the loop's side ----------------------------------------------------------------------
+    # -- routing batches to workers, on the loop -----------------------------------------------
 
     def _route(self, part: Part) -> None:
         """Gives ``part`` to the running worker that holds the fewest batches (or, while
         none runs, to one that restarts)."""
-        if self._closing:  # the drivers are told to stop: nothing new would run
+        if self._closing:  # nothing new would run
             self._recovery.fail(part, self._recovery.closed(_CLOSED))
             return
-        index = min(
-            (i for i, gone in enumerate(self._gone) if not gone),
-            key=lambda i: (not self._up[i], self._load[i]),
+        place = min(
+            (p for p in self._places if not p.gone),
+            key=lambda p: (not p.up, p.load),
             default=None,
         )
-        if index is None:  # every worker gave up: the pool is broken
+        if place is None:  # every worker gave up: the pool is broken
             self._recovery.fail(part, self._recovery.broken or self._recovery.closed(_CLOSED))
             return
-        self._load[index] += 1
-        self._inboxes[index].put(part)
-        if self._load[index] > 1:  # its driver may be waiting on the worker: wake it
-            with contextlib.suppress(BlockingIOError):  # a full pipe wakes it all the same
-                os.write(self._wakes[index][1], b"\0")
+        place.waiting.append(part)
+        self._feed(place)
 
-    def _take_inbox(self, index: int) -> list[Part]:
-        parts = list(drain(self._inboxes[index]))
-        self._load[index] -= len(parts)
-        return parts
-
-    def _finished(self, index: int, part: Part, outcome: BatchOutcome) -> None:
-        self._load[index] -= 1
-        self._recovery.finished(part, outcome)
-
-    def _crashed(self, index: int, part: Part, reason: str) -> None:
-        self._load[index] -= 1
-        self._up[index] = False
-        self._recovery.crashed(part, reason)
-
-    def _not_started(self, index: int, part: Part) -> None:
-        """``part`` was sent to a worker that died before it could run it: it goes to
-        another worker, and the death does not count against its items."""
-        self._load[index] -= 1
-        self._route(part)
-
-    def _restarted(self, index: int) -> None:
-        self._up[index] = True
-
-    def _lost_worker(self, index: int, error: AsyncmlError | None) -> None:
-        """Worker ``index`` is gone for good (it could not be restarted, or the pool closes);
-        its batches go to the others, and with none left, nothing can run any more."""
-        self._gone[index] = True
-        self._alive -= 1
-        if self._alive == 0 and not self._closing and error is not None:
-            self._recovery.broken = error
-        for part in self._take_inbox(index):
-            self._route(part)
-
-    # -- a driver thread's side: one worker process -----------------------------------------
-
-    def _drive(self, index: int) -> None:
-        loop, spec = self._loop, self._spec
-        assert loop is not None
-        assert spec is not None
-        close_error: BaseException | None = None
-        try:
-            channel = self._spawn(index, spec, self._started[index], loop)
-            if channel is not None:
-                channel = self._feed(index, channel, spec, loop)
-            if channel is not None:
-                close_error = self._stop(index, channel)
-        finally:
-            loop.call_soon_threadsafe(settle, self._stopped[index], close_error)
-
-    def _feed(
-        self, index: int, channel: ParentChannel, spec: ModelSpec, loop: asyncio.AbstractEventLoop
-    ) -> ParentChannel | None:
-        """Runs worker ``index``'s batches until it is told to stop; returns its channel, or
-        None once the worker is gone for good."""
-        inbox, wake = self._inboxes[index], self._wakes[index][0]
-        running: _Running = deque()
-        head_since = 0.0  # when the batch at the head of running started to run
-        stopping = False
-        unsendable: tuple[Part, Unsendable] | None = None
-        live: ParentChannel | None = channel
-        while live is not None:
-            # Send what waits, up to SLOTS batches; wait for work only with none running.
-            while not stopping and unsendable is None and len(running) < SLOTS:
-                try:
-                    part = inbox.get(block=not running)
-                except queue.Empty:
-                    break
-                if part is None:
-                    stopping = True
-                    break
-                slot = 1 - running[0][1] if running else 0
-                try:
-                    live.send(part.items, slot)
-                except Unsendable as refused:
-                    unsendable = (part, refused)  # runs once the worker has nothing else
-                    break
-                except OSError:  # the worker is dead; the oldest batch it had is to blame
-                    running.append((part, slot))
-                    live = self._replace(index, live, spec, loop, running, self._how_it_died(index))
-                    break
-                if not running:
-                    head_since = time.monotonic()
-                running.append((part, slot))
-            if live is None:
-                break
-            if not running:
-                if unsendable is not None:
-                    live = self._run_unsendable(index, live, spec, loop, *unsendable)
-                    unsendable = None
-                    continue
-                if stopping:
-                    break
+    def _feed(self, place: _Place) -> None:
+        """Sends the place's waiting batches while its worker has room for them."""
+        worker = place.worker
+        while place.up and place.waiting and len(place.running) < SLOTS:
+            assert worker is not None
+            part = place.waiting.popleft()
+            slot = 1 - place.running[0][1] if place.running else 0
+            try:
+                worker.send(part.items, slot)
+            except Unsendable as refused:
+                self._send_picklable(part, refused)
                 continue
-            # Wait for the oldest batch's outcome, or for another batch to send.
-            timeout = self._execution_timeout
-            if timeout is not None:
-                timeout = max(0.0, head_since + timeout - time.monotonic())
-            sending = not stopping and unsendable is None and len(running) < SLOTS
-            ready = wait([live.conn, wake] if sending else [live.conn], timeout)
-            if wake in ready:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(wake, 4096)
-            if not ready or live.conn in ready:
-                try:
-                    outcome = live.receive(timeout)
-                except TimeoutError:
-                    live = self._replace(index, live, spec, loop, running, self._timed_out(index))
-                except (EOFError, OSError):
-                    live = self._replace(index, live, spec, loop, running, self._how_it_died(index))
-                else:
-                    part, _ = running.popleft()
-                    head_since = time.monotonic()
-                    loop.call_soon_threadsafe(self._finished, index, part, outcome)
-        return live
+            place.running.append((part, slot))
+            if len(place.running) == 1:
+                self._arm(place)
 
-    def _run_unsendable(
-        self,
-        index: int,
-        channel: ParentChannel,
-        spec: ModelSpec,
-        loop: asyncio.AbstractEventLoop,
-        part: Part,
-        unsendable: Unsendable,
-    ) -> ParentChannel | None:
-        """Runs a batch that does not pickle whole, the worker holding nothing else."""
-        try:
-            outcome = self._run_sendable(index, channel, part.items, unsendable)
-        except _Crash as crash:
-            return self._replace(index, channel, spec, loop, deque([(part, 0)]), crash.reason)
-        loop.call_soon_threadsafe(self._finished, index, part, outcome)
-        return channel
-
-    def _replace(
-        self,
-        index: int,
-        channel: ParentChannel,
-        spec: ModelSpec,
-        loop: asyncio.AbstractEventLoop,
-        running: _Running,
-        reason: str,
-    ) -> ParentChannel | None:
-        """Worker ``index`` died (``reason`` says how) holding ``running``: the batch it ran
-        counts the death, the others go back untouched; returns its replacement's channel."""
-        channel.close()
-        part, _ = running.popleft()
-        loop.call_soon_threadsafe(self._crashed, index, part, reason)
-        for waiting, _ in running:
-            loop.call_soon_threadsafe(self._not_started, index, waiting)
-        running.clear()
-        replacement = self._respawn(index, spec, loop)  # at once, not when work comes
-        if replacement is not None:
-            loop.call_soon_threadsafe(self._restarted, index)
-        return replacement
-
-    def _how_it_died(self, index: int) -> str:
-        """How worker ``index``, whose pipe broke, died."""
-        process = self._processes[index]
-        assert process is not None
-        process.join()
-        return _death(process)
-
-    def _timed_out(self, index: int) -> str:
-        """Kills worker ``index``, whose batch ran over the execution timeout."""
-        process = self._processes[index]
-        assert process is not None
-        process.kill()
-        process.join()
-        return f"ran over the {self._execution_timeout} s execution timeout"
-
-    def _spawn(
-        self,
-        index: int,
-        spec: ModelSpec,
-        started: asyncio.Future[None] | None,
-        loop: asyncio.AbstractEventLoop,
-    ) -> ParentChannel | None:
-        """Starts worker ``index``; returns its channel once it is ready, or None if it failed."""
-        ours, theirs = self._context.Pipe()
-        try:
-            process = self._context.Process(
-                target=serve,
-                args=(theirs, spec.name, pickle.dumps(spec), self._pool_threads),
-                name=f"asyncml-{spec.name}-{index}",
-                daemon=True,
+    def _answered(self, place: _Place, outcome: BatchOutcome | Exception) -> None:
+        """The worker answered its oldest batch."""
+        part, _ = place.running.popleft()
+        self._arm(place)
+        if isinstance(outcome, Exception):  # its outcome could not be read here
+            name = self._recovery.model
+            error = ModelError(
+                f"model {name!r}: the outcome from the worker process cannot be read: "
+                f"{type(outcome).__name__}: {outcome}",
+                model=name,
+                cause=outcome,
             )
-            process.start()
-        except Exception as exc:  # e.g. spawned from a module with no __main__ guard
-            ours.close()
-            theirs.close()
-            if started is not None:
-                loop.call_soon_threadsafe(settle, started, exc)
-            return None
-        theirs.close()
-        self._processes[index] = process
-        try:
-            status, detail = ours.recv()  # ("ready", shared arrays mappable) or ("failed", error)
-        except (EOFError, OSError):
-            process.join()
-            status, detail = (
-                "failed",
-                RuntimeError(
-                    f"worker process {_death(process)} before it was ready (its output says why; "
-                    "a script that starts process workers needs an "
-                    "'if __name__ == \"__main__\":' guard)"
-                ),
-            )
-        if status == "ready":
-            if started is not None:
-                loop.call_soon_threadsafe(settle, started, None)
-            return ParentChannel(ours, shared=detail)
-        ours.close()
-        process.join()
-        self._processes[index] = None
-        if started is not None:
-            loop.call_soon_threadsafe(settle, started, detail)
-        return None
+            outcome = BatchOutcome.failure(part.size, error)
+        self._recovery.finished(part, outcome)
+        self._feed(place)
+        if self._closing and not place.load:
+            place.wake.set()
 
-    def _respawn(
-        self, index: int, spec: ModelSpec, loop: asyncio.AbstractEventLoop
-    ) -> ParentChannel | None:
-        """Replaces a dead worker, backing off while its setup() keeps failing."""
-        for attempt in range(MAX_FAILED_RESTARTS):
-            if self._closing:
-                loop.call_soon_threadsafe(self._lost_worker, index, None)
-                return None
-            time.sleep(restart_delay(attempt))  # a driver thread: the loop runs on
-            channel = self._spawn(index, spec, None, loop)
-            if channel is not None:
-                self.restarts += 1
-                return channel
-        error = SetupError(
-            f"model {spec.name!r}: worker process {index} died and could not be restarted "
-            f"({MAX_FAILED_RESTARTS} failed setups in a row)",
-            model=spec.name,
-            worker=index,
-        )
-        loop.call_soon_threadsafe(self._lost_worker, index, error)
-        return None
+    def _lost(self, place: _Place) -> None:
+        """The worker's pipe closed while it served: its supervisor takes over."""
+        place.up = False
+        self._disarm(place)
+        place.wake.set()
 
-    def _run(self, index: int, channel: ParentChannel, items: Sequence[Any]) -> BatchOutcome:
-        """Runs one batch, the worker holding nothing else.
+    def _arm(self, place: _Place) -> None:
+        """Starts the execution timeout of the batch the worker runs now, if any."""
+        self._disarm(place)
+        timeout = self._execution_timeout
+        if timeout is not None and place.running and place.worker is not None:
+            reason = f"ran over the {timeout} s execution timeout"
+            loop = asyncio.get_running_loop()
+            place.timer = loop.call_later(timeout, place.worker.kill, reason)
 
-        Raises:
-            _Crash: the worker died, or was killed for running over the execution timeout.
-        """
-        try:
-            return channel.exchange(items, self._execution_timeout)
-        except Unsendable as unsendable:
-            return self._run_sendable(index, channel, items, unsendable)
-        except TimeoutError:
-            raise _Crash(self._timed_out(index)) from None
-        except (EOFError, OSError):
-            raise _Crash(self._how_it_died(index)) from None
+    def _disarm(self, place: _Place) -> None:
+        if place.timer is not None:
+            place.timer.cancel()
+            place.timer = None
 
-    def _run_sendable(
-        self, index: int, channel: ParentChannel, items: Sequence[Any], unsendable: Unsendable
-    ) -> BatchOutcome:
-        """Runs the items that pickle; each other one fails with a ModelError saying why."""
-        name = self._spec.name if self._spec else "?"
+    def _send_picklable(self, part: Part, refused: Unsendable) -> None:
+        """A batch that does not pickle whole: the items that pickle run as a batch of
+        their own, and each other one fails with a ModelError saying why."""
+        name = self._recovery.model
+        items = part.items
         errors: dict[int, AsyncmlError] = {}
         for position, item in enumerate(items):
             try:
@@ -494,37 +270,127 @@ class ProcessExecutor(Executor):
             except Exception as exc:
                 errors[position] = _unsendable(name, exc)
         if not errors:  # each item pickles alone, but not the batch
-            cause = unsendable.__cause__ or unsendable
-            return BatchOutcome.failure(len(items), _unsendable(name, cause))
+            cause = refused.__cause__ or refused
+            self._recovery.fail(part, _unsendable(name, cause))
+            return
+        if len(errors) == len(items):
+            self._recovery.finished(part, BatchOutcome([None] * len(items), errors))
+            return
         sendable = [position for position in range(len(items)) if position not in errors]
-        values: list[Any] = [None] * len(items)
-        if sendable:
-            outcome = self._run(index, channel, [items[position] for position in sendable])
+
+        def merge(outcome: BatchOutcome) -> None:
+            values: list[Any] = [None] * len(items)
             for position, value in zip(sendable, outcome.values, strict=True):
                 values[position] = value
-            for part_index, error in (outcome.errors or {}).items():
-                errors[sendable[part_index]] = error
-        return BatchOutcome(values, errors)
+            for index, error in (outcome.errors or {}).items():
+                errors[sendable[index]] = error
+            self._recovery.finished(part, BatchOutcome(values, errors))
 
-    def _stop(self, index: int, channel: ParentChannel) -> BaseException | None:
-        """Asks worker ``index`` to close() and exit; returns what its close() raised."""
-        process = self._processes[index]
-        assert process is not None
-        conn = channel.conn
-        error: BaseException | None = None
+        rest = self._recovery.new_part([items[position] for position in sendable], merge)
+        if rest is not None:
+            self._route(rest)
+
+    # -- supervisors: one task per place --------------------------------------------------
+
+    async def _supervise(
+        self, place: _Place, started: asyncio.Future[None]
+    ) -> BaseException | None:
+        """Starts the place's worker, replaces it each time it dies, and stops it when the
+        pool closes; returns what its model's close() raised."""
         try:
-            conn.send(None)
-            if conn.poll(_EXIT_GRACE):
-                _, error = conn.recv()
-        except (EOFError, OSError):
-            pass  # it died on its way out: nothing left to close
-        channel.close()
-        process.join(_EXIT_GRACE)
-        if process.is_alive():
-            process.kill()
-            process.join()
-        self._processes[index] = None
-        return error
+            await self._fill(place)
+        except BaseException as exc:
+            settle(started, exc)
+            self._give_up(place, None)
+            return None
+        settle(started, None)
+        while True:
+            worker = place.worker
+            assert worker is not None
+            if worker.lost.done():
+                await self._replace(place, worker)
+                if place.gone:
+                    return None
+                continue
+            if self._closing and self._graceful and not place.load:
+                place.up = False
+                return await worker.stop()
+            if self._closing and not self._graceful:
+                worker.kill()  # again: a restart may have put a new one in its place
+            # On the loop's thread nothing changes between the checks above and the wait.
+            place.wake.clear()
+            await place.wake.wait()
+
+    async def _fill(self, place: _Place) -> None:
+        """Starts a worker in ``place``.
+
+        Raises:
+            BaseException: it failed to start (see WorkerProcess.start).
+        """
+        assert self._spec is not None
+        worker = place.worker = WorkerProcess(
+            self._context,
+            f"asyncml-{self._spec.name}-{place.index}",
+            self._spec.name,
+            self._pickled_spec,
+            self._pool_threads,
+            lambda outcome: self._answered(place, outcome),
+            lambda: self._lost(place),
+        )
+        if self._closing:  # a stop came before it could start
+            worker.kill()
+        await worker.start()
+        place.up = True
+        self._feed(place)
+
+    async def _replace(self, place: _Place, worker: WorkerProcess) -> None:
+        """The place's worker died holding ``running``: the batch it ran counts the death,
+        the others go back untouched; then a new worker fills the place, with backoff while
+        its setup() keeps failing."""
+        reason = await worker.ended()
+        running, place.running = place.running, deque()
+        if running:
+            self._recovery.crashed(running.popleft()[0], reason)
+        for part, _ in running:
+            self._route(part)
+        for attempt in range(MAX_FAILED_RESTARTS):
+            if self._closing:
+                self._give_up(place, None)
+                return
+            await self._pause(place, restart_delay(attempt))
+            try:
+                await self._fill(place)
+            except Exception:
+                continue
+            self.restarts += 1
+            return
+        name = self._recovery.model
+        error = SetupError(
+            f"model {name!r}: worker process {place.index} died and could not be restarted "
+            f"({MAX_FAILED_RESTARTS} failed setups in a row)",
+            model=name,
+            worker=place.index,
+        )
+        self._give_up(place, error)
+
+    async def _pause(self, place: _Place, seconds: float) -> None:
+        """Waits ``seconds`` before a restart, or less if the pool closes meanwhile."""
+        place.wake.clear()
+        if seconds and not self._closing:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await place.wake.wait()
+
+    def _give_up(self, place: _Place, error: AsyncmlError | None) -> None:
+        """No worker will fill ``place`` any more; its batches go to the others, and with
+        none left, nothing can run any more."""
+        place.gone, place.up = True, False
+        self._alive -= 1
+        if self._alive == 0 and not self._closing and error is not None:
+            self._recovery.broken = error
+        parts, place.waiting = place.waiting, deque()
+        for part in parts:
+            self._route(part)
 
 
 def _unsendable(model: str, exc: BaseException) -> ModelError:
@@ -534,15 +400,3 @@ def _unsendable(model: str, exc: BaseException) -> ModelError:
         model=model,
         cause=exc,
     )
-
-
-def _death(process: BaseProcess) -> str:
-    code = process.exitcode
-    if code is None:
-        return "stopped answering"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"

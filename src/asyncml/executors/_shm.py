@@ -17,6 +17,7 @@ second time in each process that attaches. Segments here have no owner to track.
 from __future__ import annotations
 
 import contextlib
+import functools
 import mmap
 import os
 import secrets
@@ -31,6 +32,7 @@ _DIRECTORY = Path("/dev/shm")
 ORPHAN_AGE_S = 600
 
 
+@functools.cache
 def available() -> bool:
     """Whether this system has POSIX shared memory as files (Linux)."""
     return _DIRECTORY.is_dir()
@@ -134,7 +136,9 @@ def sweep_orphans() -> list[str]:
     still on their way to its workers. A live process with a dead parent's pid keeps the
     names until it exits.
     """
-    removed = []
+    removed: list[str] = []
+    if not available():  # also answers the question once, off the event loop
+        return removed
     old = time.time() - ORPHAN_AGE_S
     for path in _DIRECTORY.glob("asyncml-*-*"):
         pid = path.name.split("-")[1]
