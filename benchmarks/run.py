@@ -38,12 +38,15 @@ ASYNCML_CONFIGS: dict[str, BatchConfig] = {
     "W2": BatchConfig(workers=1, max_batch_size=256),
     "W3": BatchConfig(workers=1, max_batch_size=256),
 }
-#: asyncml's settings for its process-executor rows: a worker per core, so the event loop
-#: and the model no longer take turns on one GIL.
+#: asyncml's settings for its process-executor rows, the event loop and the model no longer
+#: taking turns on one GIL: the best of ``--sweep`` at 256 callers on two cores. W2, W3: one
+#: worker, in batches of 128: the loop keeps the other core (two workers: W2 1.6-1.9x
+#: slower), and two batches are in flight, one computing while the loop fills the other
+#: (with 256 every caller waits on the one batch: 2x slower). W1: a worker per core.
 ASYNCML_PROCESS_CONFIGS: dict[str, BatchConfig] = {
     "W1": BatchConfig(workers=2, max_batch_size=16, executor="process"),
-    "W2": BatchConfig(workers=2, max_batch_size=128, executor="process"),
-    "W3": BatchConfig(workers=2, max_batch_size=128, executor="process"),
+    "W2": BatchConfig(workers=1, max_batch_size=128, executor="process"),
+    "W3": BatchConfig(workers=1, max_batch_size=128, executor="process"),
 }
 #: asyncml on Ray (``--ray``): two actors of one CPU, the process executor's batch sizes.
 ASYNCML_RAY_CONFIGS: dict[str, BatchConfig] = {
