@@ -348,6 +348,7 @@ class ProcessExecutor(Executor):
         the others go back untouched; then a new worker fills the place, with backoff while
         its setup() keeps failing."""
         reason = await worker.ended()
+        self._disarm(place)  # outcomes read before it died may have armed it meanwhile
         running, place.running = place.running, deque()
         if running:
             self._recovery.crashed(running.popleft()[0], reason)
