@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import multiprocessing
 import os
 import socket
 import time
@@ -184,3 +185,20 @@ def late_blas_threads(batch: list[Any]) -> list[int]:
 
     threads = max(pool["num_threads"] for pool in threadpool_info())
     return [threads for _ in batch]
+
+
+def _refuse_outside_a_worker() -> str:
+    if multiprocessing.parent_process() is None:  # the parent: the main process
+        raise ValueError("this output only unpickles in a worker")
+    return "unpickled"
+
+
+class ReadableInWorkersOnly:
+    """Pickles anywhere; unpickles in a worker process only."""
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return _refuse_outside_a_worker, ()
+
+
+def unreadable_outputs_for_negatives(batch: list[int]) -> list[Any]:
+    return [ReadableInWorkersOnly() if x < 0 else x for x in batch]

@@ -126,6 +126,14 @@ async def test_an_item_that_cannot_be_pickled_fails_alone() -> None:
     assert "cannot be sent to a worker process" in str(results[1])
 
 
+async def test_an_outcome_the_parent_cannot_read_fails_its_batch_and_the_worker_goes_on() -> None:
+    async with asyncml.load(models.unreadable_outputs_for_negatives, executor="process") as m:
+        with pytest.raises(asyncml.ModelError, match="cannot be read: ValueError: this output"):
+            await m(-1)
+        assert await m.map([1, 2, 3]) == [1, 2, 3]
+        assert m.statistics().failed == 1
+
+
 async def test_a_hung_batch_is_killed_after_the_execution_timeout() -> None:
     pool = ProcessExecutor(2, execution_timeout=0.5)
     async with asyncml.load(models.hang_on_13, executor=pool, max_batch_size=2) as m:
