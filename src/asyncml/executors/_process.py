@@ -106,7 +106,6 @@ class ProcessExecutor(Executor):
         self._context = multiprocessing.get_context("spawn")  # safe with threads and torch
         self._places: list[_Place] = []
         self._supervisors: list[asyncio.Task[BaseException | None]] = []  # owned: see aclose
-        self._alive = 0
         self._closing = False
         self._graceful = True
         self._recovery = CrashRecovery("a worker process", max_attempts, self._route)
@@ -143,7 +142,6 @@ class ProcessExecutor(Executor):
         self._pickled_spec = pickle.dumps(spec)
         self._recovery.model = spec.name
         self._places = [_Place(index) for index in range(self._workers)]
-        self._alive = self._workers
         await asyncio.to_thread(_shm.sweep_orphans)
         loop = asyncio.get_running_loop()
         started = [loop.create_future() for _ in self._places]
@@ -386,8 +384,8 @@ class ProcessExecutor(Executor):
         """No worker will fill ``place`` any more; its batches go to the others, and with
         none left, nothing can run any more."""
         place.gone, place.up = True, False
-        self._alive -= 1
-        if self._alive == 0 and not self._closing and error is not None:
+        none_left = all(p.gone for p in self._places)
+        if none_left and not self._closing and error is not None:
             self._recovery.broken = error
         parts, place.waiting = place.waiting, deque()
         for part in parts:
