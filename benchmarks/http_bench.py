@@ -6,9 +6,9 @@
                                     [--repeats 3] [--seconds 6] [--overload] [--json PATH]
 
 Each system serves the workload's model in its own process (``http_servers.py``); the load
-comes from another process (``http_load.py``, aiohttp on uvloop). Per system and repeat:
-closed loops at 64 and 256 connections; the better of the two is the system's capacity;
-then open-loop Poisson arrivals at 50%, 80% and 95% of that capacity. Repeats are
+comes from another process (``http_load.py``, a lean keep-alive client on uvloop). Per
+system and repeat: closed loops at 64 and 256 connections; the better of the two is the
+system's capacity; then open-loop Poisson arrivals at 50%, 80% and 95% of that capacity. Repeats are
 interleaved across systems and each row is the median over repeats. Peers whose packages
 are missing are skipped. ``--overload`` adds, for asyncml, Poisson arrivals at 10x its
 capacity, then a closed loop at 64 connections right after (does service recover at once?),

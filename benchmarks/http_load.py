@@ -1,4 +1,4 @@
-"""The HTTP load generator: a separate process with an aiohttp client (on uvloop).
+"""The HTTP load generator: a separate process with a lean keep-alive client (on uvloop).
 
 ::
 
@@ -35,10 +35,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import numpy as np
 import orjson
 import uvloop
+from http_client import Client, RequestFailed
 from workloads import build_model, make_inputs, same_output
 
 #: Distinct request bodies cycled through (encoded before timing starts).
@@ -59,17 +59,23 @@ class Load:
         self.bodies = [
             orjson.dumps({"input": x}, option=orjson.OPT_SERIALIZE_NUMPY) for x in inputs
         ]
+        self.messages: list[bytes] = []
         self.latencies: list[float] = []
         self.statuses: Counter[int] = Counter()
         self.wrong = 0
 
-    async def send(self, http: aiohttp.ClientSession, url: str, index: int, since: float) -> None:
-        slot = index % len(self.bodies)
+    def connect(self, url: str, connections: int) -> Client:
+        """A client for ``url``, and every request encoded for it."""
+        client = Client(url, connections)
+        self.messages = [client.post_message(body) for body in self.bodies]
+        return client
+
+    async def send(self, http: Client, index: int, since: float) -> None:
+        slot = index % len(self.messages)
         try:
-            async with http.post(url, data=self.bodies[slot], headers=_JSON) as response:
-                body = await response.read()
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError):
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                status, body = await http.send(self.messages[slot])
+        except (RequestFailed, OSError, TimeoutError):
             self.statuses[0] += 1
             return
         self.statuses[status] += 1
@@ -131,22 +137,22 @@ async def closed_loop(load: Load, call: Call, callers: int, seconds: float) -> f
 
 
 async def closed(load: Load, url: str, connections: int, seconds: float) -> float:
-    connector = aiohttp.TCPConnector(limit=connections, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
-        return await closed_loop(load, partial(load.send, http, url), connections, seconds)
+    http = load.connect(url, connections)
+    try:
+        return await closed_loop(load, partial(load.send, http), connections, seconds)
+    finally:
+        http.close()
 
 
 async def poisson(load: Load, url: str, rate: float, seconds: float) -> float:
-    connector = aiohttp.TCPConnector(limit=POISSON_CONNECTIONS)
-    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     gaps = np.random.default_rng(0).exponential(1 / rate, size=int(rate * seconds) + 1)
     arrivals = np.cumsum(gaps)
     arrivals = arrivals[arrivals < seconds]
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+    http = load.connect(url, POISSON_CONNECTIONS)
+    try:
         async with asyncio.TaskGroup() as group:  # warm-up
             for i in range(64):
-                group.create_task(load.send(http, url, i, time.perf_counter()))
+                group.create_task(load.send(http, i, time.perf_counter()))
         load.reset()
         start = time.perf_counter()
         async with asyncio.TaskGroup() as group:
@@ -154,8 +160,10 @@ async def poisson(load: Load, url: str, rate: float, seconds: float) -> float:
                 delay = start + at - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                group.create_task(load.send(http, url, index, start + at))
+                group.create_task(load.send(http, index, start + at))
         return time.perf_counter() - start
+    finally:
+        http.close()
 
 
 async def inprocess(load: Load, workload: str, cache: Path, callers: int, seconds: float) -> float:
