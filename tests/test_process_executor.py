@@ -14,6 +14,7 @@ import threading
 import types
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -220,3 +221,24 @@ def test_workers_exit_when_their_parent_is_killed() -> None:
         parent.wait(timeout=10)
     _, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive, f"orphaned workers: {alive}"
+
+
+def test_workers_run_on_uvloop() -> None:
+    """``asyncml serve`` runs on uvloop, whose transports do not subclass asyncio's."""
+    import uvloop
+
+    async def run() -> tuple[list[Any], Any, list[int], int]:
+        pool = ProcessExecutor(1)
+        async with asyncml.load(models.doubled_rows, executor=pool) as m:
+            rows = await m.map([np.arange(6.0) + i for i in range(100)])
+            large = await m(np.ones((1024, 512)))  # 4 MB: shared memory and the copier thread
+            (worker,) = worker_processes()
+            worker.kill()
+            after = await m.map([np.zeros(2) + i for i in range(3)])
+        return rows, large, [int(row[0]) for row in after], pool.restarts
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        rows, large, after, restarts = runner.run(run())
+    assert [int(row[0]) for row in rows] == [2 * i for i in range(100)]
+    assert_array_equal(large, np.full((1024, 512), 2.0))
+    assert (after, restarts) == ([0, 2, 4], 1)

@@ -161,3 +161,27 @@ def assert_sigterm_drains(ref: str, name: str, *options: str) -> None:
         server.wait()
         for stream in (server.stdin, server.stdout, server.stderr):
             stream.close()
+
+
+def test_serve_runs_process_workers() -> None:
+    """The server's loop is uvloop's: process workers must run on it too."""
+    ref = f"{Path(__file__).parent / 'process_models.py'}:triple"
+    command = [sys.executable, "-c", "from asyncml.cli import main; main()", "serve", ref]
+    server = subprocess.Popen(
+        [*command, "--port", "0", "--executor", "process"], stderr=subprocess.PIPE, text=True
+    )
+    assert server.stderr is not None
+    try:
+        first = server.stderr.readline()
+        url = first.split(" at ")[1].split(": loading")[0]
+        assert server.stderr.readline().startswith("asyncml serve: ready")
+        assert _post(f"{url}/v1/models/triple/predict", {"inputs": [1, 2]}) == (
+            200,
+            {"outputs": [3, 6]},
+        )
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+    finally:
+        server.kill()
+        server.wait()
+        server.stderr.close()

@@ -15,6 +15,7 @@ import socket
 import struct
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from typing import cast
 
 _SHORT = struct.Struct("!i")
 #: The read buffer's size, grown for a longer message while it arrives.
@@ -98,8 +99,8 @@ class Link(asyncio.BufferedProtocol):
     # -- asyncio.BufferedProtocol -----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # Not isinstance: uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return memoryview(self._buffer)[self._end :]
