@@ -41,9 +41,14 @@ ENDPOINTS = {
 #: 256, no batch wait; W1 batches of 16).
 MAX_BATCH_SIZE = {"W1": 16, "W2": 256, "W3": 256}
 BATCH_WAIT_S = 0.0
-#: asyncml's other settings, as in ``run.py``: one worker for W2 and W3; for W1 two workers
-#: of one intra-op thread each, with length-aware batching.
-ASYNCML_OPTIONS: dict[str, dict[str, Any]] = {"W1": {"workers": 2, "item_cost": len}}
+#: asyncml's other settings: for W1 two workers of one intra-op thread each, with
+#: length-aware batching (as in ``run.py``); W2 and W3 on one worker process, so that the
+#: model never holds the GIL that the server's event loop needs for HTTP.
+ASYNCML_OPTIONS: dict[str, dict[str, Any]] = {
+    "W1": {"workers": 2, "item_cost": len},
+    "W2": {"executor": "process"},
+    "W3": {"executor": "process"},
+}
 
 
 def one_blas_thread() -> None:
