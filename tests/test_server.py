@@ -348,6 +348,7 @@ async def test_a_model_that_fails_to_start_is_reported_and_never_ready() -> None
         status, error, _ = await running.post("/v1/models/BrokenSetup/predict", json={"input": 1})
         assert status == 503
         assert "failed" in error["error"]
+        await running.app.models.get("double").wait_ready()  # its setup runs on, in parallel
         assert (await running.post(PREDICT, json={"input": 1}))[0] == 200
         status, metrics = await running.get("/metrics")
     assert status == 200
