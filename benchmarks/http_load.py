@@ -175,6 +175,8 @@ async def poisson(load: Load, url: str, rate: float, seconds: float) -> float:
 async def inprocess(load: Load, workload: str, cache: Path, callers: int, seconds: float) -> float:
     from http_servers import asyncml_model
 
+    from asyncml.job import fewer_collections
+
     async with asyncml_model(workload, cache) as model:
 
         async def call(index: int, since: float) -> None:
@@ -184,7 +186,9 @@ async def inprocess(load: Load, workload: str, cache: Path, callers: int, second
             load.statuses[200] += 1
             load.check(slot, output)
 
-        return await closed_loop(load, call, callers, seconds)
+        # The collector setting of the server it is compared with (see http_servers.py).
+        with fewer_collections(freeze=True):
+            return await closed_loop(load, call, callers, seconds)
 
 
 def main() -> None:
