@@ -114,9 +114,6 @@ def _expected(workload: str, inputs: list[Any], cache: Path) -> list[Any]:
     return expected
 
 
-_JSON = {"Content-Type": "application/json"}
-
-
 Call = Callable[[int, float], Coroutine[Any, Any, None]]
 
 
