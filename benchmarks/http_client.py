@@ -107,11 +107,11 @@ class Client:
         self._idle: list[_Connection] = []
         self._waiters: deque[asyncio.Future[_Connection | None]] = deque()
 
-    def post_message(self, body: bytes, content_type: str = "application/json") -> bytes:
-        """The whole request that POSTs ``body``: encode it once, send it many times."""
+    def post_message(self, body: bytes) -> bytes:
+        """The whole request that POSTs ``body`` (JSON): encode it once, send it many times."""
         head = (
             f"POST {self._path} HTTP/1.1\r\nHost: {self._host}:{self._port}\r\n"
-            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         )
         return head.encode("latin-1") + body
 

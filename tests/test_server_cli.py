@@ -128,26 +128,44 @@ def test_sigterm_finishes_the_requests_in_flight_and_exits_0() -> None:
     assert_sigterm_drains(HELD, "held")
 
 
-def assert_sigterm_drains(ref: str, name: str, *options: str) -> None:
-    """Serves ``ref`` as ``name`` in a subprocess, whose model prints ``computing`` and then
-    waits for a line on stdin: SIGTERM with a request in flight lets that request finish
-    with 200, then the server exits 0."""
+@contextlib.contextmanager
+def served(
+    ref: str, name: str, *options: str, piped: bool = False
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``asyncml serve REF`` in a subprocess on a free port: the process and its URL once it
+    is ready; killed on the way out if it still runs. With ``piped``, its stdin and stdout
+    are pipes (for a model that talks to the test)."""
     command = [sys.executable, "-c", "from asyncml.cli import main; main()", "serve", ref]
+    pipe = subprocess.PIPE if piped else None
     server = subprocess.Popen(
         [*command, "--port", "0", *options],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
+        stdin=pipe,
+        stdout=pipe,
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert server.stdin is not None
-    assert server.stdout is not None
     assert server.stderr is not None
     try:
         first = server.stderr.readline()
         assert first.startswith(f"asyncml serve: {name} at http://127.0.0.1:"), first
         url = first.split(" at ")[1].split(": loading")[0]
         assert server.stderr.readline().startswith("asyncml serve: ready")
+        yield server, url
+    finally:
+        server.kill()
+        server.wait()
+        for stream in (server.stdin, server.stdout, server.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def assert_sigterm_drains(ref: str, name: str, *options: str) -> None:
+    """Serves ``ref`` as ``name`` in a subprocess, whose model prints ``computing`` and then
+    waits for a line on stdin: SIGTERM with a request in flight lets that request finish
+    with 200, then the server exits 0."""
+    with served(ref, name, *options, piped=True) as (server, url):
+        assert server.stdin is not None
+        assert server.stdout is not None
         with ThreadPoolExecutor(1) as client:
             answer = client.submit(_post, f"{url}/v1/models/{name}/predict", {"input": 7})
             assert server.stdout.readline() == "computing\n"  # the request is in flight
@@ -156,32 +174,15 @@ def assert_sigterm_drains(ref: str, name: str, *options: str) -> None:
             server.stdin.flush()
             assert answer.result(timeout=30) == (200, {"output": "done 7"})
         assert server.wait(timeout=30) == 0
-    finally:
-        server.kill()
-        server.wait()
-        for stream in (server.stdin, server.stdout, server.stderr):
-            stream.close()
 
 
 def test_serve_runs_process_workers() -> None:
     """The server's loop is uvloop's: process workers must run on it too."""
     ref = f"{Path(__file__).parent / 'process_models.py'}:triple"
-    command = [sys.executable, "-c", "from asyncml.cli import main; main()", "serve", ref]
-    server = subprocess.Popen(
-        [*command, "--port", "0", "--executor", "process"], stderr=subprocess.PIPE, text=True
-    )
-    assert server.stderr is not None
-    try:
-        first = server.stderr.readline()
-        url = first.split(" at ")[1].split(": loading")[0]
-        assert server.stderr.readline().startswith("asyncml serve: ready")
+    with served(ref, "triple", "--executor", "process") as (server, url):
         assert _post(f"{url}/v1/models/triple/predict", {"inputs": [1, 2]}) == (
             200,
             {"outputs": [3, 6]},
         )
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=30) == 0
-    finally:
-        server.kill()
-        server.wait()
-        server.stderr.close()
