@@ -35,6 +35,10 @@ def double(batch):
 def mixed(batch):
     return [{"label": v if v < 10 else f"big-{v}"} for v in batch]
 
+async def adouble(batch):
+    return [2 * v for v in batch]
+
+
 def by_row(batch):
     calls.extend(row["v"] for row in batch)
     out = []
@@ -134,6 +138,18 @@ def test_stdin_to_stdout(tmp_path: Path) -> None:
     assert [orjson.loads(line) for line in result.stdout_bytes.splitlines()] == [
         {"id": i, "prediction": 2 * i} for i in range(5)
     ]
+
+
+def test_an_async_model_runs_inline_and_a_thread_executor_refuses_it(tmp_path: Path) -> None:
+    given, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_rows(given, ROWS[:3])
+    ref = model_ref(tmp_path, "adouble")
+    refused = invoke(ref, "-i", given, "-o", output, "--field", "v", "--executor", "thread")
+    assert refused.exit_code == 2
+    assert "executor='inline'" in refused.stderr
+    result = invoke(ref, "-i", given, "-o", output, "--field", "v", "--executor", "inline")
+    assert result.exit_code == 0, result.stderr
+    assert read_rows(output) == [{"id": i, "prediction": 2 * i} for i in range(3)]
 
 
 def test_id_field_names_the_id_and_dict_outputs_become_fields(tmp_path: Path) -> None:

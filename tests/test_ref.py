@@ -29,6 +29,24 @@ def test_a_module_ref_and_a_dotted_attribute() -> None:
     assert ref.obj is os.path.join
 
 
+def test_a_module_ref_finds_packages_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "ref_package_b"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "models.py").write_text("def double(batch):\n    return [2 * x for x in batch]\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    try:
+        ref = resolve("ref_package_b.models:double")
+    finally:
+        sys.modules.pop("ref_package_b.models", None)
+        sys.modules.pop("ref_package_b", None)
+    assert ref.obj([1]) == [2]  # type: ignore[operator]
+    assert ref.source == (package / "models.py").resolve()
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import aiohttp
 import pytest
 from starlette.applications import Starlette
+from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
@@ -435,3 +436,125 @@ def test_importing_asyncml_does_not_import_the_server() -> None:
     code = "import asyncml, sys; print([m for m in ('starlette', 'uvicorn') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+async def test_the_operators_timeout_caps_what_a_request_asks_for() -> None:
+    gated = GatedModel()
+    gated.gate.clear()
+    model = asyncml.load(gated, max_batch_size=1, timeout=0.05, name="gated")
+    path = "/v1/models/gated/predict"
+    async with started([model]) as running, asyncio.TaskGroup() as group:
+        first = group.create_task(running.post(path, json={"input": "first"}))
+        await gated.started.wait()  # "first" holds the only worker
+        for asked in ({"headers": {"X-Request-Timeout": "60"}}, {}):
+            status, error, _ = await running.post(path, json={"input": "late", "timeout": 60})
+            assert (status, error["type"]) == (504, "deadline_exceeded")
+            status, error, _ = await running.post(path, json={"input": "late"}, **asked)
+            assert (status, error["type"]) == (504, "deadline_exceeded")
+        gated.gate.set()
+        assert (await first)[0] == 504  # it ran past the cap too, though it was computed
+        assert gated.seen == ["first"]
+
+
+async def test_more_items_than_the_queue_can_ever_hold_is_422_not_503() -> None:
+    async with started([asyncml.load(double, max_queue=4)]) as running:
+        status, error, response = await running.post(PREDICT, json={"inputs": [1, 2, 3, 4, 5]})
+        assert (status, error["field"]) == (422, "inputs")
+        assert "model 'double' holds at most 4 at once" in error["error"]
+        assert "Retry-After" not in response.headers
+        status, body, _ = await running.post(PREDICT, json={"inputs": [1, 2, 3, 4]})
+        assert (status, body) == (200, {"outputs": [2, 4, 6, 8]})
+
+
+async def test_middleware_of_the_users_sees_the_inference_requests_too() -> None:
+    class RequireToken(BaseHTTPMiddleware):
+        async def dispatch(self, request: Request, call_next: Any) -> Any:
+            if request.headers.get("authorization") != "Bearer secret":
+                return PlainTextResponse("unauthorized", 401)
+            return await call_next(request)
+
+    app = asyncml.server.create_app([asyncml.load(double)])
+    app.add_middleware(RequireToken)
+    async with (
+        asyncml.server.serving(app, port=0) as server,
+        aiohttp.ClientSession(server.url) as http,
+    ):
+        await app.wait_ready()
+        for path, body in ((PREDICT, {"input": 2}), ("/v2/models/double/infer", {})):
+            async with http.post(path, json=body) as response:
+                assert response.status == 401, path
+        headers = {"Authorization": "Bearer secret"}
+        async with http.post(PREDICT, json={"input": 2}, headers=headers) as response:
+            assert (response.status, await response.json()) == (200, {"output": 4})
+
+
+async def test_requests_still_running_when_the_shutdown_timeout_ends_get_503(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gated = GatedModel()
+    gated.gate.clear()
+    app = asyncml.server.create_app([asyncml.load(gated, name="gated")])
+    async with (
+        aiohttp.ClientSession() as http,
+        asyncml.server.serving(app, port=0, shutdown_timeout=0.05) as server,
+    ):
+        await app.wait_ready()
+        url = f"{server.url}/v1/models/gated/predict"
+        request = asyncio.ensure_future(http.post(url, json={"input": "held"}))
+        try:
+            await gated.started.wait()
+            server.stop()
+            async with await request as response:
+                status, error = response.status, await response.json()
+                retry = response.headers["Retry-After"]
+        finally:
+            request.cancel()
+            gated.gate.set()
+    assert (status, error["type"], retry) == (503, "unavailable", "1")
+    assert "stopped before this request finished" in error["error"]
+    assert "Exception in ASGI application" not in caplog.text
+
+
+async def test_max_connections_counts_open_connections() -> None:
+    app = asyncml.server.create_app([asyncml.load(double)])
+    async with asyncml.server.serving(app, port=0, max_connections=1) as server:
+        await app.wait_ready()
+        request = (
+            f"POST {PREDICT} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            'Content-Length: 12\r\nConnection: close\r\n\r\n{"input": 1}'
+        ).encode()
+        assert b" 200 OK" in await raw_exchange(server.port, request)
+        _, idle = await asyncio.open_connection("127.0.0.1", server.port)  # keeps one open
+        try:
+            await until(lambda: len(server._server.server_state.connections) == 1)
+            assert b" 503 " in await raw_exchange(server.port, request)
+        finally:
+            idle.close()
+            await idle.wait_closed()
+        await until(lambda: not server._server.server_state.connections)
+        assert b" 200 OK" in await raw_exchange(server.port, request)
+
+
+async def test_a_mounted_apps_openapi_document_names_where_it_is_mounted() -> None:
+    serving = asyncml.server.create_app({"twice": asyncml.load(double)})
+    outer = Starlette(routes=[Mount("/ml", serving)])
+    async with (
+        asyncml.server.serving(outer, port=0) as server,
+        aiohttp.ClientSession(server.url) as http,
+        serving.running(),
+        http.get("/ml/openapi.json") as response,
+    ):
+        document = await response.json()
+    assert document["servers"] == [{"url": "/ml"}]
+    assert "/v1/models/{name}/predict" in document["paths"]
+
+
+async def test_an_app_that_has_run_cannot_run_again() -> None:
+    app = asyncml.server.create_app([asyncml.load(double)])
+    async with app.running():
+        with pytest.raises(RuntimeError, match="already running"):
+            async with app.running():
+                pass
+    with pytest.raises(RuntimeError, match="already run and stopped: make a new one"):
+        async with app.running():
+            pass

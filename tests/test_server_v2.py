@@ -120,6 +120,31 @@ def test_binary_tensor_data_round_trips() -> None:
     np.testing.assert_array_equal(decoded, rows)
 
 
+def test_json_tensors_reach_the_model_as_binary_ones_would() -> None:
+    top = 2**64 - 1
+    big = decode_request(
+        {"inputs": [tensor("a", [2, 2], "UINT64", [[top, 1], [2**63, 0]])]}, b"", max_items=10
+    )
+    assert [row.tolist() for row in big.items] == [[top, 1], [2**63, 0]]
+    assert big.items[0].dtype == np.uint64
+    texts = decode_request({"inputs": [tensor("s", [2], "BYTES", ["ab", "é"])]}, b"", 10)
+    binary = decode_request(
+        {
+            "inputs": [
+                {
+                    "name": "s",
+                    "shape": [2],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": 12},
+                }
+            ]
+        },
+        struct.pack("<I", 2) + b"ab" + struct.pack("<I", 2) + "é".encode(),
+        max_items=10,
+    )
+    assert texts.items == binary.items == [b"ab", "é".encode()]
+
+
 def test_the_codec_rejects_what_does_not_form_a_batch() -> None:
     mismatched = [tensor("a", [2], "INT64", [1, 2]), tensor("b", [3], "INT64", [1, 2, 3])]
     with pytest.raises(Problem, match="disagree on the batch size"):
@@ -128,6 +153,13 @@ def test_the_codec_rejects_what_does_not_form_a_batch() -> None:
         decode_request({"inputs": [tensor("a", [1], "UINT8", [300])]}, b"", max_items=10)
     with pytest.raises(Problem, match="at most 1 per request"):
         decode_request({"inputs": [tensor("a", [2], "INT64", [1, 2])]}, b"", max_items=1)
+    for datatype, data in (("INT64", [2**63]), ("UINT64", [2**64]), ("UINT64", [-1])):
+        with pytest.raises(Problem, match=f"out of the range of {datatype}"):
+            decode_request({"inputs": [tensor("a", [1], datatype, data)]}, b"", max_items=10)
+    with pytest.raises(Problem, match="out of the range of FP32"):
+        decode_request({"inputs": [tensor("a", [2], "FP32", [1e40, 1])]}, b"", max_items=10)
+    with pytest.raises(Problem, match="INT64 elements must be integers"):
+        decode_request({"inputs": [tensor("a", [2], "INT64", [2**63, 0.5])]}, b"", max_items=10)
     request = InferRequest(None, [1, 2], None, [RequestedOutput("y", False)], False)
     with pytest.raises(Problem, match="does not form a tensor"):
         encode_response("m", request, [[1, 2], [3]])

@@ -55,6 +55,16 @@ class LoadedModel(Generic[In, Out]):
         """The model's name, as shown in errors and statistics."""
         return self._spec.name
 
+    @property
+    def max_queue(self) -> int:
+        """Items queued at most; calls beyond it wait, or raise with ``call_nowait``."""
+        return self._max_queue
+
+    @property
+    def timeout(self) -> float | None:
+        """The default deadline of a call, in seconds (``None``: no deadline)."""
+        return self._timeout
+
     async def __aenter__(self) -> LoadedModel[In, Out]:
         if self._batcher is not None:
             raise RuntimeError(f"model {self.name!r} is already running")

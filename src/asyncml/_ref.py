@@ -1,14 +1,16 @@
 """Resolving a REF (``path/to/file.py:name`` or ``package.module:name``) to a Python object.
 
-The CLI names models and pipelines this way. A file's folder goes on ``sys.path`` and the
-file is imported under its own module name (not a private one), so that worker processes
-started with ``spawn`` can import the same objects by reference.
+The CLI names models and pipelines this way. A file's folder goes on ``sys.path`` (for a
+module, the working directory does) and the file is imported under its own module name
+(not a private one), so that worker processes started with ``spawn`` can import the same
+objects by reference.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +57,10 @@ def resolve(text: str) -> Ref:
     if module_part.endswith(".py") or "/" in module_part or "\\" in module_part:
         module = _import_file(text, Path(module_part))
     else:
+        # As with ``python -m`` and uvicorn, modules in the working directory can be named.
+        working_directory = os.getcwd()
+        if working_directory not in sys.path and "" not in sys.path:
+            sys.path.insert(0, working_directory)
         module = _import_module(text, module_part)
     obj: object = module
     for part in attribute.split("."):

@@ -84,10 +84,11 @@ def _max_failures(_ctx: click.Context, _param: click.Parameter, value: str | Non
 )
 @click.option(
     "--executor",
-    type=click.Choice(["auto", "thread", "process", "ray"]),
+    type=click.Choice(["auto", "inline", "thread", "process", "ray"]),
     default="auto",
     show_default=True,
-    help="Where the model runs.",
+    help="Where the model runs: the event loop (inline: async models), threads, processes, "
+    "Ray actors, or auto (threads, or the event loop for async models).",
 )
 @click.option(
     "--ray-address",

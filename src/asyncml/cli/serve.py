@@ -56,11 +56,12 @@ class _OneLineErrors(click.Command):
 )
 @click.option(
     "--executor",
-    type=click.Choice(["auto", "thread", "process", "ray"]),
+    type=click.Choice(["auto", "inline", "thread", "process", "ray"]),
     default="auto",
     show_default=True,
-    help="Where model code runs: threads, processes (GIL-bound or crash-prone models), Ray "
-    "actors, or auto (threads, or the event loop for async models).",
+    help="Where model code runs: the event loop (inline: async models), threads, processes "
+    "(GIL-bound or crash-prone models), Ray actors, or auto (threads, or the event loop for "
+    "async models).",
 )
 @click.option(
     "--ray-address",

@@ -121,6 +121,16 @@ class PipelineService:
             self._end()
             await self._run.__aexit__(exc_type, exc, tb)
 
+    @property
+    def max_queue(self) -> int:
+        """Items inside the pipeline at most; calls beyond it are refused or wait."""
+        return self._max_queue
+
+    @property
+    def timeout(self) -> float | None:
+        """The default deadline of a call, in seconds (``None``: no deadline)."""
+        return self._timeout
+
     def statistics(self) -> PipelineStatistics:
         """The underlying run's counters, stage by stage; ``broken`` once a worker stage
         has lost every worker for good, or a stage broke the run."""

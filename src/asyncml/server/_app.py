@@ -38,7 +38,7 @@ class ServingApp(Starlette):
         self.options = options
         self.request_metrics = RequestMetrics()
         self._lag: LoopLagMonitor | None = None
-        self._running = False
+        self._running = self._ran = False
         self.metrics_registry = new_registry(
             ServerCollector(self.request_metrics, models, lambda: self._lag)
         )
@@ -52,7 +52,8 @@ class ServingApp(Starlette):
         # The inference endpoints skip Starlette's middleware and router: on a cheap model
         # they cost more per request than the rest of the server. They handle their own
         # errors, as the middleware would.
-        if scope["type"] == "http" and scope["method"] == "POST":
+        # With middleware of the user's (authentication, CORS), every request goes through it.
+        if scope["type"] == "http" and scope["method"] == "POST" and not self.user_middleware:
             endpoint = self._inference_endpoint(scope)
             if endpoint is not None:
                 await endpoint(scope, receive, send)
@@ -85,7 +86,7 @@ class ServingApp(Starlette):
         models, options = self.models, self.options
 
         def endpoint(name: str, handler: Handler) -> Endpoint:
-            return Endpoint(name, handler, models, self.request_metrics)
+            return Endpoint(name, handler, models, self.request_metrics, options.retry_after)
 
         def route(path: str, name: str, handler: Handler | Endpoint, method: str = "GET") -> Route:
             if not isinstance(handler, Endpoint):
@@ -130,11 +131,14 @@ class ServingApp(Starlette):
         queued items instead.
 
         Raises:
-            RuntimeError: the app is already running.
+            RuntimeError: the app is running, or has run (its models cannot start again:
+                make a new app).
         """
         if self._running:
             raise RuntimeError("this app is already running")
-        self._running = True
+        if self._ran:
+            raise RuntimeError("this app has already run and stopped: make a new one")
+        self._running = self._ran = True
         stop = asyncio.Event()
         try:
             async with LoopLagMonitor(self.options.loop_lag_interval) as lag:
@@ -145,6 +149,13 @@ class ServingApp(Starlette):
                     stop.set()
         finally:
             self._lag = None
+            self._running = False
+
+    def note_server_stopping(self) -> None:
+        """Tells the app that its server is stopping: a request the server cancels from
+        now on (its shutdown timeout ran out) is answered 503, rather than with the
+        server's bare 500 and a logged traceback. :func:`serving` calls it."""
+        self.models.stopping = True
 
     async def wait_ready(self) -> None:
         """Returns once every model is ready to serve.

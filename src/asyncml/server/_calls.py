@@ -20,7 +20,7 @@ from typing import Any
 from .._errors import AsyncmlError
 from ._http import Receive
 from ._models import ServedModel
-from ._problems import ClientGone, from_error
+from ._problems import ClientGone, from_error, invalid
 from ._servable import Servable
 
 
@@ -35,11 +35,23 @@ async def run_items(
 ) -> list[Any]:
     """The outputs of ``model`` (``served``'s running model) for ``items``, in order.
 
+    ``item_timeout`` (the request's) may tighten the model's own ``timeout``, never extend
+    it: the server's operator sets the longest an item may take.
+
     Raises:
-        Problem: the first failed item's error as a response (503 overloaded, 504 deadline,
-            500 model error, ...); the other items are withdrawn.
+        Problem: 422 for more items than the model can ever hold at once; else the first
+            failed item's error as a response (503 overloaded, 504 deadline, 500 model
+            error, ...), the other items withdrawn.
         ClientGone: the client disconnected; its items were withdrawn.
     """
+    if len(items) > model.max_queue:  # refused for good, not for now: no 503 and retry
+        raise invalid(
+            "inputs",
+            f"holds {len(items)} items; {served.kind} {served.name!r} holds at most "
+            f"{model.max_queue} at once",
+        )
+    if model.timeout is not None and (item_timeout is None or item_timeout > model.timeout):
+        item_timeout = model.timeout
     futures: list[asyncio.Future[Any]] = []
     try:
         for item in items:

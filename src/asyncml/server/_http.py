@@ -161,7 +161,7 @@ def dump_json(payload: Any) -> bytes:
         return orjson.dumps(payload, default=_to_json, option=orjson.OPT_SERIALIZE_NUMPY)
     except TypeError as error:
         raise Problem(
-            500, "unserializable_output", f"the model's output is not JSON-serialisable: {error}"
+            500, "bad_output", f"the model's output is not JSON-serialisable: {error}"
         ) from None
 
 

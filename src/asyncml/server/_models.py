@@ -179,6 +179,9 @@ class Models:
             self._by_name[name] = ServedModel(name, model)
         if not self._by_name:
             raise ValueError("no models to serve")
+        #: The server is stopping: a request it cancels is answered 503 (see
+        #: ``ServingApp.note_server_stopping``).
+        self.stopping = False
 
     def __iter__(self) -> Iterator[ServedModel]:
         return iter(self._by_name.values())

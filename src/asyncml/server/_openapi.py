@@ -271,7 +271,9 @@ def openapi_document(model_names: list[str], options: ServingOptions) -> dict[st
                 },
                 "Tensor": {
                     "type": "object",
-                    "required": ["name", "shape", "datatype"],
+                    "description": "binary data (see the infer operation) replaces 'data' by "
+                    "parameters.binary_data_size",
+                    "required": ["name", "shape", "datatype", "data"],
                     "properties": {
                         "name": {"type": "string", "minLength": 1},
                         "shape": {
@@ -284,12 +286,7 @@ def openapi_document(model_names: list[str], options: ServingOptions) -> dict[st
                             "type": "array",
                             "description": "row-major values, flat or nested",
                         },
-                        "parameters": {
-                            "type": "object",
-                            "properties": {
-                                "binary_data_size": {"type": "integer", "minimum": 0},
-                            },
-                        },
+                        "parameters": {"type": "object"},
                     },
                 },
                 "RequestedOutput": {
@@ -342,7 +339,15 @@ class OpenAPI:
     """``GET /openapi.json``."""
 
     def __init__(self, model_names: list[str], options: ServingOptions):
-        self._body = dump_json(openapi_document(model_names, options))
+        self._document = openapi_document(model_names, options)
+        self._bodies: dict[str, bytes] = {}  # by the path the app is mounted at
 
     async def __call__(self, scope: Scope, receive: Receive) -> Reply:
-        return Reply(200, self._body)
+        root: str = scope.get("root_path", "")
+        body = self._bodies.get(root)
+        if body is None:
+            # Mounted under a path, the document's paths are relative to it: say so, as
+            # clients generated from the document would otherwise call the wrong URLs.
+            document = {**self._document, "servers": [{"url": root}]} if root else self._document
+            body = self._bodies[root] = dump_json(document)
+        return Reply(200, body)

@@ -30,6 +30,16 @@ class Servable(Protocol):
     @property
     def name(self) -> str: ...
 
+    @property
+    def max_queue(self) -> int:
+        """Items it holds at most."""
+        ...
+
+    @property
+    def timeout(self) -> float | None:
+        """The default deadline of an item, in seconds."""
+        ...
+
     def call_nowait(self, item: Any, *, timeout: float | None = None) -> asyncio.Future[Any]:
         """Queues ``item`` at once; raises :class:`~asyncml.Overloaded` when full."""
         ...

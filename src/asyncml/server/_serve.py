@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 
@@ -44,6 +43,12 @@ class _Uvicorn(uvicorn.Server):
             return
         with super().capture_signals():
             yield
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        note_stopping = getattr(self.config.app, "note_server_stopping", None)
+        if callable(note_stopping):  # a ServingApp, which answers what is cancelled with 503
+            note_stopping()
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Unlike uvicorn, not re-raised once stopped: a SIGTERM'd server exits 0.
@@ -98,8 +103,11 @@ async def serving(
         app: an ASGI app, e.g. from :func:`create_app`.
         host: the address to listen on.
         port: the port; 0 picks a free one (see :attr:`RunningServer.port`).
-        shutdown_timeout: seconds in-flight requests get to finish when stopping.
-        max_connections: connections served at once; uvicorn answers 503 beyond it.
+        shutdown_timeout: seconds in-flight requests get to finish when stopping (those
+            still running then are answered 503).
+        max_connections: connections open at once (idle keep-alive ones count); while more
+            are open, or as many requests are in progress, uvicorn answers new requests
+            with a plain-text 503.
         access_log: log each request (uvicorn's access log).
         proxy_headers: take the client's address and scheme from ``X-Forwarded-For`` and
             ``X-Forwarded-Proto`` when a proxy on 127.0.0.1 sends them (off by default: it
@@ -109,7 +117,12 @@ async def serving(
     Raises:
         OSError: the address cannot be bound.
         RuntimeError: the app's lifespan failed to start.
+        ValueError: ``shutdown_timeout`` below 0 or ``max_connections`` below 1.
     """
+    if not shutdown_timeout >= 0:
+        raise ValueError(f"shutdown_timeout must be >= 0 seconds, got {shutdown_timeout!r}")
+    if max_connections < 1:
+        raise ValueError(f"max_connections must be >= 1, got {max_connections!r}")
     listener = socket.create_server((host, port), family=_family(host), backlog=2048)
     config = uvicorn.Config(
         app,
@@ -118,8 +131,10 @@ async def serving(
         lifespan="on",
         access_log=access_log,
         log_config=None,
-        timeout_graceful_shutdown=math.ceil(shutdown_timeout),
-        limit_concurrency=max_connections,
+        # uvicorn's type says int, but it only ever waits that long: fractions work.
+        timeout_graceful_shutdown=cast(int, shutdown_timeout),
+        # uvicorn refuses a request once this many connections are open, its own included.
+        limit_concurrency=max_connections + 1,
         # Per request, each costs more than a cheap model's whole batch share: the proxy
         # headers middleware parses the client address and scans the headers, and the
         # Server header is one more to validate and write.

@@ -157,22 +157,50 @@ def _from_json(data: Any, datatype: str, field: str) -> npt.NDArray[Any]:
         raise invalid(field, "must be a list of values (flat or nested, row-major)")
     try:
         if datatype == "BYTES":
-            array = np.array(data, dtype=np.object_).reshape(-1)
-            if not all(isinstance(value, str) for value in array):
-                raise invalid(field, "BYTES elements must be strings")
-            return array
+            return _bytes_from_json(data, field)
         raw = np.asarray(data).reshape(-1)
     except ValueError as error:  # ragged nesting
         raise invalid(field, f"not a tensor of {datatype}: {error}") from None
     if raw.size == 0:
         return raw.astype(DATATYPES[datatype])
+    if "INT" in datatype and raw.dtype.kind in "ufO":
+        # Integers past int64 (UINT64's upper half) make numpy guess uint64, float64 or
+        # object: convert them exactly, one by one.
+        return _big_integers(data, datatype, field)
     expected = "b" if datatype == "BOOL" else "bi" if "INT" in datatype else "bif"
     if raw.dtype.kind not in expected:
         kind = {"b": "true or false", "bi": "integers", "bif": "numbers"}[expected]
         raise invalid(field, f"{datatype} elements must be {kind}")
-    array = raw.astype(DATATYPES[datatype])
+    with np.errstate(over="ignore"):
+        array = raw.astype(DATATYPES[datatype])
     if raw.dtype.kind in "bi" and not np.array_equal(array, raw):
         raise invalid(field, f"values out of the range of {datatype}")
+    if array.dtype.kind == "f" and array.dtype.itemsize < 8 and not np.isfinite(array).all():
+        raise invalid(field, f"values out of the range of {datatype}")  # JSON has no inf
+    return array
+
+
+def _big_integers(data: list[Any], datatype: str, field: str) -> npt.NDArray[Any]:
+    values = np.array(data, dtype=np.object_).reshape(-1)
+    if not all(type(value) is int for value in values):
+        raise invalid(field, f"{datatype} elements must be integers")
+    try:
+        return values.astype(DATATYPES[datatype])
+    except OverflowError:
+        raise invalid(field, f"values out of the range of {datatype}") from None
+
+
+def _bytes_from_json(data: list[Any], field: str) -> npt.NDArray[Any]:
+    """JSON strings as the UTF-8 bytes that binary BYTES data would have carried: a model
+    sees the same item whichever way the client sent it."""
+    strings = np.array(data, dtype=np.object_).reshape(-1)
+    if not all(isinstance(value, str) for value in strings):
+        raise invalid(field, "BYTES elements must be strings")
+    array = np.empty(len(strings), dtype=np.object_)
+    try:
+        array[:] = [value.encode() for value in strings]
+    except UnicodeEncodeError as error:
+        raise invalid(field, f"BYTES elements must be valid text: {error.reason}") from None
     return array
 
 
