@@ -336,6 +336,18 @@ def test_progress_lines_of_a_byte_sized_input_show_its_percent_read() -> None:
         (["-i", "{dir}/in.jsonl", "-o", "{dir}/blocked.jsonl"], "cannot write next to"),
         (["-i", "{dir}/in.jsonl", "-o", "{dir}/out.txt"], "unknown format '.txt'"),
         (["-i", "{dir}/in.jsonl", "-o", "{dir}/in.jsonl"], "is the input file"),
+        (
+            ["-i", "{dir}/in.jsonl", "-o", "{dir}/o.jsonl", "--dead-letter", "{dir}/in.jsonl"],
+            "the dead-letter file '{dir}/in.jsonl' is also the job's input",
+        ),
+        (
+            ["-i", "{dir}/in.jsonl", "-o", "{dir}/o.jsonl", "--journal", "{dir}/o.jsonl"],
+            "the journal '{dir}/o.jsonl' is also the job's output",
+        ),
+        (
+            ["-i", "{dir}/in.jsonl", "-o", "-", "--dead-letter", "{dir}/no/dead.jsonl"],
+            "cannot write the dead-letter file",
+        ),
         (["-i", "{dir}/in.jsonl", "-o", "{dir}/out.jsonl", "--max-failures", "x"], "neither"),
     ],
 )
@@ -346,8 +358,9 @@ def test_bad_paths_and_options_exit_2_with_one_line(
     (tmp_path / "blocked.jsonl.parts").write_text("a file where the parts folder goes")
     result = invoke(model_ref(tmp_path), *[a.format(dir=tmp_path) for a in args])
     assert result.exit_code == 2, result.output
-    assert message in result.stderr
+    assert message.format(dir=tmp_path) in result.stderr
     assert "Traceback" not in result.stderr
+    assert read_rows(tmp_path / "in.jsonl") == ROWS[:2]
     if "neither" not in message:  # click's own usage errors take a few lines
         assert result.stderr.count("\n") == 1
 
@@ -389,6 +402,50 @@ def test_an_unfinished_job_is_neither_overwritten_nor_resumed_unasked(tmp_path: 
     assert result.exit_code == 2
     assert "holds an unfinished job: add --resume to continue it, or --force" in result.stderr
     assert invoke(ref, *options, "--resume", "--force").exit_code == 2
+
+
+def test_a_run_that_cannot_journal_leaves_an_unfinished_job_alone(tmp_path: Path) -> None:
+    ref = model_ref(tmp_path)
+    options = stop_early(tmp_path, ref)
+    output = tmp_path / "out.jsonl"
+    parts = sorted((tmp_path / "out.jsonl.parts").iterdir())
+    result = invoke(ref, "-i", "-", "-o", output, "--field", "v", input=b'{"v": 1}\n')
+    assert result.exit_code == 2
+    assert "holds an unfinished job, which this run (without a journal)" in result.stderr
+    assert sorted((tmp_path / "out.jsonl.parts").iterdir()) == parts
+    assert invoke(ref, *options, "--resume").exit_code == 0
+    assert len(read_rows(output)) == 41
+
+
+def test_resume_without_the_jobs_journal_is_refused_when_parts_exist(tmp_path: Path) -> None:
+    ref = model_ref(tmp_path)
+    options = stop_early(tmp_path, ref)
+    journal = tmp_path / "out.jsonl.journal.sqlite"
+    journal.rename(tmp_path / "elsewhere.sqlite")
+    result = invoke(ref, *options, "--resume")
+    assert result.exit_code == 2
+    assert "holds parts, but there is no journal at" in result.stderr
+    result = invoke(ref, *options, "--resume", "--journal", tmp_path / "elsewhere.sqlite")
+    assert result.exit_code == 0, result.stderr
+    fresh = tmp_path / "fresh.jsonl"
+    given = tmp_path / "in.jsonl"
+    assert invoke(ref, "-i", given, "-o", fresh, "--field", "v", "--resume").exit_code == 0
+    assert len(read_rows(fresh)) == 41  # --resume with nothing to resume starts the job
+
+
+def test_a_second_run_of_a_running_job_is_refused(tmp_path: Path) -> None:
+    from asyncml.job._parts import PartStore
+
+    ref = model_ref(tmp_path)
+    options = stop_early(tmp_path, ref)
+    running = PartStore(tmp_path / "out.jsonl.parts")  # as the running job holds it
+    try:
+        result = invoke(ref, *options, "--resume")
+    finally:
+        running.close()
+    assert result.exit_code == 2
+    assert "another run of this job is writing" in result.stderr
+    assert invoke(ref, *options, "--resume").exit_code == 0
 
 
 def test_a_changed_input_refuses_to_resume_and_force_starts_over(tmp_path: Path) -> None:

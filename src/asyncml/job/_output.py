@@ -185,13 +185,16 @@ class CommittedOutput:
         self.close(remove=True)
 
     def close(self, *, remove: bool = False) -> None:
-        """Closes the journal; with ``remove``, deletes it and the parts."""
-        if self._journal is not None:
-            self._journal.close()
+        """Closes the journal and lets the parts folder go; with ``remove``, deletes them."""
+        try:
+            if self._journal is not None:
+                self._journal.close()
+                if remove:
+                    remove_journal(self._journal.path)
             if remove:
-                remove_journal(self._journal.path)
-        if remove:
-            self._parts.remove()
+                self._parts.remove()
+        finally:
+            self._parts.close()
 
 
 def _replace_atomically(path: Path, write: Any) -> None:

@@ -7,6 +7,7 @@ is a leftover of an interrupted commit and is deleted when the job resumes.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -14,18 +15,30 @@ from pathlib import Path
 _TEMPORARY = ".tmp"
 
 
+class FolderLocked(Exception):
+    """Another process holds the parts folder: a job on the same output is running."""
+
+
 class PartStore:
     """The folder of a job's part files. Methods block: call them from a thread.
+
+    The store holds an exclusive lock on the folder until :meth:`close` (or
+    :meth:`remove`), so that two runs of one job never write parts side by side; the
+    system drops it when the process dies, however it dies.
 
     Args:
         folder: where parts go; created if missing.
         durable: sync files and the folder to disk (off only to measure what that costs).
+
+    Raises:
+        FolderLocked: another process holds the folder.
+        OSError: the folder cannot be created or opened.
     """
 
     def __init__(self, folder: Path, *, durable: bool = True):
         self.folder = folder
         self._durable = durable
-        folder.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_folder(folder)
 
     def write(self, name: str, data: bytes, *, synced: Callable[[], None] | None = None) -> Path:
         """Writes ``data`` as part ``name``: to a temporary file, synced, then renamed.
@@ -60,10 +73,37 @@ class PartStore:
         return discarded
 
     def remove(self) -> None:
-        """Deletes the folder and every file in it."""
+        """Deletes the folder and every file in it, and lets it go."""
         for path in self.folder.iterdir():
             path.unlink()
         self.folder.rmdir()
+        self.close()
+
+    def close(self) -> None:
+        """Lets the folder go (releases the lock)."""
+        if self._lock >= 0:
+            os.close(self._lock)
+            self._lock = -1
+
+
+def _lock_folder(folder: Path) -> int:
+    """An open descriptor of ``folder`` (created if missing) holding its exclusive lock."""
+    for _ in range(3):
+        folder.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise FolderLocked(str(folder)) from None
+        except BaseException:
+            os.close(descriptor)
+            raise
+        # The run that held the lock may have finished and removed the folder meanwhile.
+        if folder.is_dir() and os.path.samestat(os.fstat(descriptor), folder.stat()):
+            return descriptor
+        os.close(descriptor)
+    raise OSError(f"the folder {str(folder)!r} keeps being removed")
 
 
 def sync_folder(folder: Path) -> None:

@@ -4,8 +4,11 @@ afresh, resumes, or is refused. Everything here blocks: it runs in a thread."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from ..io import Format, format_of
 from ._crash import CrashPoints
@@ -13,7 +16,7 @@ from ._errors import InputError, OutputError, ResumeError
 from ._fingerprint import differences, fingerprint
 from ._journal import Commit, Journal, remove_journal
 from ._output import CommittedOutput, StreamedOutput
-from ._parts import PartStore
+from ._parts import FolderLocked, PartStore
 
 STREAM = "-"
 
@@ -67,8 +70,9 @@ def check_paths(paths: JobPaths) -> tuple[Format, Format]:
     """The input and output formats, after checking both paths.
 
     Raises:
-        InputError: a missing input, or an unknown input format.
-        OutputError: an unknown output format, a missing folder, or the input itself.
+        InputError: a missing or unreadable input, or an unknown input format.
+        OutputError: an unknown output format, a missing folder, or two of the job's files
+            (input, output, dead letters, journal) that are one.
     """
     if paths.input != STREAM and not Path(paths.input).is_file():
         what = "is a folder" if Path(paths.input).is_dir() else "does not exist"
@@ -91,7 +95,42 @@ def check_paths(paths: JobPaths) -> tuple[Format, Format]:
             )
         if paths.input != STREAM and output.resolve() == Path(paths.input).resolve():
             raise OutputError(f"output {paths.output!r} is the input file")
+    if paths.input != STREAM:
+        try:
+            with open(paths.input, "rb"):
+                pass
+        except OSError as error:
+            raise InputError(f"cannot read {paths.input!r}: {error.strerror}") from None
+    _check_side_file(paths.dead_letters, "dead-letter file")
+    if paths.journal is not None:
+        _check_side_file(paths.journal, "journal")
+    _check_distinct(paths)
     return input_format, output_format
+
+
+def _check_side_file(path: Path, role: str) -> None:
+    """A dead-letter file or journal must be creatable: checked before any work is done."""
+    if path.is_dir():
+        raise OutputError(f"the {role} {str(path)!r} is a folder")
+    if not path.parent.is_dir():
+        raise OutputError(
+            f"cannot write the {role} {str(path)!r}: folder {str(path.parent)!r} does not exist"
+        )
+
+
+def _check_distinct(paths: JobPaths) -> None:
+    """No file of the job may be another: the job would overwrite or delete it."""
+    files = [("input", paths.input), ("output", paths.output)]
+    files = [(role, path) for role, path in files if path != STREAM]
+    files.append(("dead-letter file", str(paths.dead_letters)))
+    if paths.journal is not None:
+        files.append(("journal", str(paths.journal)))
+    seen: dict[Path, str] = {}
+    for role, path in files:
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            raise OutputError(f"the {role} {path!r} is also the job's {seen[resolved]}")
+        seen[resolved] = role
 
 
 def start(
@@ -110,10 +149,17 @@ def start(
 ) -> Started:
     """Opens the job's output and journal, resuming or starting afresh.
 
+    With ``resume`` and no journal, the job starts afresh (one command both starts a job
+    and continues it), unless the parts folder holds parts, which then belong to a
+    journal kept elsewhere.
+
     Raises:
-        ResumeError: a journal exists without ``resume`` or ``force``, records another
-            job, or lists missing parts; or ``resume`` where nothing can be resumed.
-        OutputError: the parts folder or the journal cannot be written.
+        ResumeError: a journal exists without ``resume`` or ``force`` (also for a run that
+            cannot journal: it would delete the unfinished job's parts), records another
+            job, or lists missing parts; ``resume`` of a job that reads stdin or writes
+            stdout; ``resume`` with parts but no journal.
+        OutputError: the parts folder or the journal cannot be written, or another run
+            of the job holds them.
     """
     streamed = STREAM in (paths.input, paths.output)
     if resume and streamed:
@@ -122,33 +168,73 @@ def start(
         return Started(
             StreamedOutput(stream=None, dead_letters=paths.dead_letters, id_name=id_name), 0, 0
         )
-    output = Path(paths.output)
-    try:
-        parts = PartStore(paths.parts, durable=use_journal)
-    except OSError as error:
-        raise OutputError(f"cannot write next to {paths.output!r}: {error.strerror}") from None
-    if not use_journal or paths.journal is None or streamed:
-        parts.discard_unlisted(set())
-        return Started(_output(paths, output_format, id_name, parts, None, crash, []), 0, 0)
-    facts = {
-        "fingerprint": fingerprint(
+    journaled = use_journal and not streamed
+    facts: dict[str, Any] = {}
+    if journaled:
+        facts["fingerprint"] = fingerprint(
             model_ref=model_ref,
             code_hash=code_hash,
             input_path=Path(paths.input).resolve(),
-            output_path=output.resolve(),
+            output_path=Path(paths.output).resolve(),
             field=field,
             id_field=id_field,
         )
-    }
-    existed = paths.journal.exists()
+    parts = _part_store(paths, durable=use_journal)
+    new_output = partial(_output, paths, output_format, id_name, parts, crash=crash)
+    try:
+        return _open(paths, parts, resume, force, journaled, facts, new_output)
+    except BaseException:
+        parts.close()
+        raise
+
+
+def _part_store(paths: JobPaths, *, durable: bool) -> PartStore:
+    try:
+        return PartStore(paths.parts, durable=durable)
+    except FolderLocked:
+        raise OutputError(
+            f"another run of this job is writing {paths.output!r} (it holds "
+            f"{str(paths.parts)!r}): let it finish, or stop it and --resume"
+        ) from None
+    except OSError as error:
+        raise OutputError(f"cannot write next to {paths.output!r}: {error.strerror}") from None
+
+
+def _open(
+    paths: JobPaths,
+    parts: PartStore,
+    resume: bool,
+    force: bool,
+    use_journal: bool,
+    facts: dict[str, Any],
+    new_output: Callable[[Journal | None, list[Commit]], CommittedOutput],
+) -> Started:
+    """The job's output, its journal opened, checked, begun or resumed."""
+    journal_path = paths.journal
+    assert journal_path is not None  # the output is a file
+    existed = journal_path.exists()
     if existed and force:
-        remove_journal(paths.journal)
+        remove_journal(journal_path)
         existed = False
-    journal = _open_journal(paths.journal)
+    if not existed and resume and any(parts.folder.iterdir()):
+        raise ResumeError(
+            f"cannot resume: {str(parts.folder)!r} holds parts, but there is no journal at "
+            f"{str(journal_path)!r}; give the job's --journal, or use --force to start over"
+        )
+    if not use_journal:
+        if existed:
+            raise ResumeError(
+                f"{str(journal_path)!r} holds an unfinished job, which this run (without a "
+                "journal) would overwrite: --resume it, or use --force to discard it"
+            )
+        parts.discard_unlisted(set())
+        return Started(new_output(None, []), 0, 0)
+    journal = _open_journal(journal_path)
     try:
         if existed and journal.get("done"):
             if resume and not differences(journal.get("fingerprint"), facts["fingerprint"]):
-                return _finished(paths, output_format, id_name, parts, journal, crash)
+                commits = journal.commits()
+                return Started(new_output(journal, commits), *_resume_point(commits), done=True)
             existed = False  # a finished job whose clean-up was cut short: start afresh
         if existed and journal.last() is None:
             existed = False  # stopped before its first commit: nothing to resume
@@ -161,9 +247,13 @@ def start(
     except BaseException:
         journal.close()
         raise
+    return Started(new_output(journal, commits), *_resume_point(commits))
+
+
+def _resume_point(commits: list[Commit]) -> tuple[int, int]:
+    """The rows done and the input position where the last commit ends."""
     last = commits[-1] if commits else None
-    out = _output(paths, output_format, id_name, parts, journal, crash, commits)
-    return Started(out, last.next_row if last else 0, last.position if last else 0)
+    return (last.next_row, last.position) if last else (0, 0)
 
 
 def _open_journal(path: Path) -> Journal:
@@ -199,28 +289,15 @@ def _resumable(
     return commits
 
 
-def _finished(
-    paths: JobPaths,
-    output_format: Format,
-    id_name: str,
-    parts: PartStore,
-    journal: Journal,
-    crash: CrashPoints,
-) -> Started:
-    commits = journal.commits()
-    out = _output(paths, output_format, id_name, parts, journal, crash, commits)
-    last = commits[-1] if commits else None
-    return Started(out, last.next_row if last else 0, last.position if last else 0, done=True)
-
-
 def _output(
     paths: JobPaths,
     output_format: Format,
     id_name: str,
     parts: PartStore,
     journal: Journal | None,
-    crash: CrashPoints,
     commits: list[Commit],
+    *,
+    crash: CrashPoints,
 ) -> CommittedOutput:
     return CommittedOutput(
         output=Path(paths.output),
