@@ -121,6 +121,44 @@ def test_a_record_ends_only_at_a_newline_outside_quotes() -> None:
     assert record_end(b'a,b\n"x\ny') == 4
     assert record_end(b'"x\ny"\n') == 6
     assert record_end(b'"open\n') == 0
+    assert record_end(b'still open"\nnext\n', odd=True) == 17  # the quote closes one
+    assert record_end(b"x\n", odd=True) == 0
+
+
+def test_a_lone_quote_in_a_csv_value_is_read_as_pyarrow_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncml.io._csv
+
+    monkeypatch.setattr(asyncml.io._csv, "CARRY_LIMIT", 256)
+    path = tmp_path / "screens.csv"
+    names = [f'{i}" screen' if i == 3 else f"screen {i}" for i in range(100)]
+    path.write_text("name,size\n" + "".join(f"{n},{i}\n" for i, n in enumerate(names)))
+    chunks = read_all(open_source(path, chunk_size=16))
+    assert rows_of(chunks) == [{"name": n, "size": i} for i, n in enumerate(names)]
+    assert max(len(chunk.rows) for chunk in chunks) < 30  # the carry was cut, not kept
+    assert_resumes_anywhere(path, chunk_size=16)
+
+
+def test_a_csv_value_that_is_not_utf8_fails_its_row_alone(tmp_path: Path) -> None:
+    path = tmp_path / "names.csv"
+    records = [(b"caf\xe9" if i == 5 else b"n%d" % i) + b",%d\n" % i for i in range(10)]
+    path.write_bytes(b"name,size\n" + b"".join(records) + b"a,b,c\n")
+    (chunk,) = read_all(open_source(path))
+    assert [row if row is BAD_ROW else row["name"] for row in chunk.rows] == [
+        *(f"n{i}" for i in range(5)), BAD_ROW, *(f"n{i}" for i in range(6, 10)), BAD_ROW
+    ]  # fmt: skip
+    assert chunk.bad[5].message == "field 'name' is not UTF-8 text"
+    assert chunk.bad[10].error == "CSVRowError"
+
+
+def test_a_jsonl_byte_order_mark_is_not_part_of_the_first_row(tmp_path: Path) -> None:
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"v": 0}\n{"v": 1}\n')
+    chunks = read_all(open_source(path, chunk_size=8))
+    assert rows_of(chunks) == [{"v": 0}, {"v": 1}]
+    assert not any(chunk.bad for chunk in chunks)
+    assert_resumes_anywhere(path, chunk_size=8)
 
 
 def test_parquet_resumes_inside_a_row_group(tmp_path: Path) -> None:

@@ -35,6 +35,21 @@ def double(batch):
 def mixed(batch):
     return [{"label": v if v < 10 else f"big-{v}"} for v in batch]
 
+def awkward(batch):
+    import uuid
+    from collections import OrderedDict
+
+    odd = {2: 2**64, 3: "lone \\udcff", 4: b"\\xff"}
+    return [
+        OrderedDict(v=odd.get(v, v), key=f"k{v}" if v != 5 else v, u=uuid.UUID(int=v))
+        for v in batch
+    ]
+
+
+def optional(batch):
+    return [{"score": v if v >= 20 else None} for v in batch]
+
+
 async def adouble(batch):
     return [2 * v for v in batch]
 
@@ -140,6 +155,62 @@ def test_stdin_to_stdout(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize("target", ["out.parquet", "out.csv", "out.jsonl"])
+def test_outputs_a_format_cannot_hold_are_dead_letters_and_the_rest_is_written(
+    tmp_path: Path, target: str
+) -> None:
+    given, output = tmp_path / "in.jsonl", tmp_path / target
+    write_rows(given, ROWS[:8])
+    result = invoke(model_ref(tmp_path, "awkward"), "-i", given, "-o", output, "--field", "v")
+    assert result.exit_code == 0, result.stderr
+    dead = read_rows(tmp_path / f"{target}.dead.jsonl")
+    # Beside ints and strings, a value goes as text: bytes that are not UTF-8 have none.
+    assert [(row["row"], row["stage"]) for row in dead] == [
+        (2, "output"),
+        (3, "output"),
+        (4, "output"),
+    ]
+    rows = {row["id"]: row for row in read_rows(output)}
+    assert rows[0]["key"] == "k0"  # strings stay as they are beside other kinds of value
+    assert str(rows[5]["key"]) == "5"
+    assert str(rows[1]["u"]).endswith("-000000000001")
+
+
+def test_a_column_null_through_a_whole_commit_keeps_its_type(tmp_path: Path) -> None:
+    given, output = tmp_path / "in.jsonl", tmp_path / "out.parquet"
+    write_rows(given, ROWS)
+    options: list[str | Path] = ["-i", given, "-o", output, "--field", "v", "--chunk-size", "64"]
+    result = invoke(model_ref(tmp_path, "optional"), *options, "--commit-every", "5")
+    assert result.exit_code == 0, result.stderr
+    table = pq.read_table(output)
+    assert table.schema.field("score").type == pa.int64()
+    assert table.column("score").to_pylist() == [None] * 20 + [20, 21, 22, 23, 24]
+
+
+def test_a_corrupt_parquet_input_exits_2_with_one_line(tmp_path: Path) -> None:
+    given = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"v": list(range(100))}), given, row_group_size=10, compression="none")
+    offset = pq.ParquetFile(given).metadata.row_group(3).column(0).data_page_offset
+    data = bytearray(given.read_bytes())
+    data[offset : offset + 8] = b"\xff" * 8
+    given.write_bytes(bytes(data))
+    result = invoke(model_ref(tmp_path), "-i", given, "-o", tmp_path / "o.jsonl", "--field", "v")
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"asyncml run: error: cannot read {str(given)!r}")
+    assert result.stderr.count("\n") == 1
+
+
+def test_a_file_ref_spelled_another_way_resumes_the_same_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref = model_ref(tmp_path)
+    options = stop_early(tmp_path, ref)
+    monkeypatch.chdir(tmp_path)
+    relative = "./" + Path(ref).name  # the same file, named from its folder
+    result = invoke(relative, *options, "--resume")
+    assert result.exit_code == 0, result.stderr
+
+
 def test_an_async_model_runs_inline_and_a_thread_executor_refuses_it(tmp_path: Path) -> None:
     given, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_rows(given, ROWS[:3])
@@ -234,6 +305,8 @@ def test_max_failures_stops_with_exit_1_and_resume_does_not_recompute(tmp_path: 
     assert "stopped: 3 of " in stopped.stderr
     assert "--max-failures" in stopped.stderr
     assert not output.exists()
+    # The message points to the dead letters committed so far, which are there to read.
+    assert [row["row"] for row in read_rows(tmp_path / "out.jsonl.dead.jsonl")] == [9, 19, 29]
     committed = committed_rows(tmp_path / "out.jsonl.journal.sqlite")
     assert 0 < committed < 60
     again = invoke(ref, *options, "--max-failures", "0.2", "--resume")

@@ -36,6 +36,9 @@ class Ref:
     text: str
     obj: object
     source: Path | None
+    #: The REF with a file's path made absolute: one name for one object, however the
+    #: path was spelled (``./models.py``, ``models.py``).
+    canonical: str = ""
 
     def code_hash(self) -> str:
         """SHA-256 of the defining file's bytes: it changes when the code does."""
@@ -54,8 +57,10 @@ def resolve(text: str) -> Ref:
     module_part, sep, attribute = text.rpartition(":")
     if not sep or not module_part or not attribute:
         raise RefError(f"{text!r} is not a REF: expected 'path/to/file.py:name' or 'module:name'")
+    canonical = text
     if module_part.endswith(".py") or "/" in module_part or "\\" in module_part:
         module = _import_file(text, Path(module_part))
+        canonical = f"{Path(module_part).resolve()}:{attribute}"
     else:
         # As with ``python -m`` and uvicorn, modules in the working directory can be named.
         working_directory = os.getcwd()
@@ -69,7 +74,8 @@ def resolve(text: str) -> Ref:
         except AttributeError:
             raise RefError(f"{text!r}: {module.__name__} has no attribute {attribute!r}") from None
     source = getattr(module, "__file__", None)
-    return Ref(text=text, obj=obj, source=Path(source).resolve() if source else None)
+    resolved = Path(source).resolve() if source else None
+    return Ref(text=text, obj=obj, source=resolved, canonical=canonical)
 
 
 def _import_file(text: str, path: Path) -> ModuleType:

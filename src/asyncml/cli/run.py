@@ -235,11 +235,16 @@ def run(
                     batch_size=batch_size,
                     commit_rows=commit_every,
                     chunk_size=chunk_size or 0,
-                    model_ref=ref,
+                    model_ref=model.canonical,
                     code_hash=model.code_hash(),
                 )
             )
     except KeyboardInterrupt:
+        if "-" in (input_path, output_path):
+            _fail(
+                "interrupted: a job that reads stdin or writes stdout cannot resume",
+                EXIT_INTERRUPTED,
+            )
         _fail("interrupted: committed work is kept; run again with --resume", EXIT_INTERRUPTED)
     except RayUnavailable as error:
         _fail(str(error), EXIT_USAGE)

@@ -24,14 +24,16 @@ def records_to_table(
     """The records as a ``pyarrow.Table``.
 
     A column Arrow cannot type (mixed kinds of values, arrays of several dimensions) is
-    written as JSON text; with ``flat`` (for CSV) so is every list or struct column.
+    written as text: strings as they are, other values as JSON; with ``flat`` (for CSV) so
+    is every column CSV cannot hold (lists, structs, bytes, extension types such as UUID).
+    Column names are text (a dict output's key ``1`` is column ``"1"``, as in JSON).
 
     Returns:
         The table, and offset -> why, for records that cannot be written (left out).
     """
     import pyarrow as pa
 
-    names: dict[str, None] = {}
+    names: dict[Any, None] = {}
     for record in records:
         names.update(dict.fromkeys(record))
     columns: dict[str, Any] = {}
@@ -40,11 +42,18 @@ def records_to_table(
         values = [record.get(name) for record in records]
         try:
             column = pa.array(values, from_pandas=False)
-            if flat and _is_nested(column.type):
-                raise pa.ArrowInvalid("nested values go to CSV as JSON text")
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError):
-            column = pa.array(_json_texts(values, bad), type=pa.string())
-        columns[name] = column
+            if flat and _not_csv(column.type):
+                raise pa.ArrowInvalid("CSV holds these values as text")
+        except (
+            pa.ArrowInvalid,
+            pa.ArrowTypeError,
+            pa.ArrowNotImplementedError,
+            TypeError,
+            OverflowError,  # an int past 64 bits
+            UnicodeEncodeError,  # a string that is not valid text (a lone surrogate)
+        ):
+            column = pa.array(_texts(values, bad), type=pa.string())
+        columns.setdefault(name if isinstance(name, str) else str(name), column)
     table = pa.table(columns) if columns else pa.table({})
     if bad:
         keep = [offset for offset in range(len(records)) if offset not in bad]
@@ -52,7 +61,7 @@ def records_to_table(
     return table, bad
 
 
-def _is_nested(type_: Any) -> bool:
+def _not_csv(type_: Any) -> bool:
     import pyarrow as pa
 
     return bool(
@@ -61,21 +70,39 @@ def _is_nested(type_: Any) -> bool:
         or pa.types.is_fixed_size_list(type_)
         or pa.types.is_struct(type_)
         or pa.types.is_map(type_)
+        or pa.types.is_binary(type_)  # CSV needs text: bytes that are not UTF-8 cannot go
+        or pa.types.is_large_binary(type_)
+        or pa.types.is_fixed_size_binary(type_)
+        or isinstance(type_, pa.BaseExtensionType)
     )
 
 
-def _json_texts(values: list[Any], bad: dict[int, BadRow]) -> list[str | None]:
+def _texts(values: list[Any], bad: dict[int, BadRow]) -> list[str | None]:
+    """Each value as text (strings as they are, bytes decoded, the rest as JSON, or the
+    string JSON makes of it); values that have none are ``bad`` and left out."""
     texts: list[str | None] = []
     for offset, value in enumerate(values):
-        if value is None:
-            texts.append(None)
-            continue
         try:
-            texts.append(orjson.dumps(value, option=_JSON_OPTIONS).decode())
-        except TypeError as error:
-            bad.setdefault(offset, BadRow("TypeError", f"output is not serialisable: {error}"))
+            texts.append(_text(value))
+        except (TypeError, UnicodeError) as error:
+            bad.setdefault(offset, BadRow(type(error).__name__, f"output is not text: {error}"))
             texts.append(None)
     return texts
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value.encode()  # raises for a string no file can hold
+        return value
+    if isinstance(value, bytes):
+        return value.decode()
+    text = orjson.dumps(value, option=_JSON_OPTIONS)
+    if text.startswith(b'"'):  # a value JSON writes as a string (UUID, datetime): that string
+        loaded: str = orjson.loads(text)
+        return loaded
+    return text.decode()
 
 
 def write_parquet(table: Any, file: BinaryIO) -> None:
@@ -112,14 +139,16 @@ def concat_tables(tables: Sequence[Any]) -> Any:
     """One table of ``tables``' rows, under their :func:`unified_schema`."""
     import pyarrow as pa
 
-    schema = unified_schema([table.schema for table in tables])
+    # A column of nulls keeps its null type: a later part may tell what it holds.
+    schema = unified_schema([table.schema for table in tables], null_as_text=False)
     return pa.concat_tables([_conform(table, schema) for table in tables])
 
 
-def unified_schema(schemas: Sequence[Any]) -> Any:
+def unified_schema(schemas: Sequence[Any], *, null_as_text: bool = True) -> Any:
     """Every column of ``schemas``, each with a type that holds all of its values: the
     wider type (int and float: float; null and int: int), or text where none does (int
-    and string values of one column are written as text)."""
+    and string values of one column are written as text). A column null everywhere is
+    text with ``null_as_text`` (a type every writer takes)."""
     import pyarrow as pa
 
     fields: dict[str, Any] = {}
@@ -134,6 +163,8 @@ def unified_schema(schemas: Sequence[Any]) -> Any:
                 fields[field.name] = pa.unify_schemas(pair, promote_options="permissive")[0]
             except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
                 fields[field.name] = pa.field(field.name, pa.string())
+    if not null_as_text:
+        return pa.schema(list(fields.values()))
     return pa.schema([_concrete(field) for field in fields.values()])
 
 
@@ -164,14 +195,11 @@ def _cast(column: Any, type_: Any) -> Any:
     try:
         return column.cast(type_)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        # Only to text, for columns whose values no one type holds: JSON for non-strings.
+        # Only to text, for columns whose values no one type holds, as records_to_table
+        # writes them; bytes that are not UTF-8 (a Parquet part holds them) with U+FFFD.
         values = column.to_pylist()
-        texts = [v if v is None or isinstance(v, str) else _json_text(v) for v in values]
+        texts = [v.decode(errors="replace") if isinstance(v, bytes) else _text(v) for v in values]
         return pa.array(texts, type=type_)
-
-
-def _json_text(value: Any) -> str:
-    return orjson.dumps(value, option=_JSON_OPTIONS).decode()
 
 
 def _writer(file: BinaryIO, schema: Any, output_format: str) -> Any:

@@ -14,6 +14,9 @@ from typing import Any, BinaryIO
 from ._chunk import BAD_ROW, BadRow, RowChunk
 
 DEFAULT_BLOCK_BYTES = 1 << 20
+#: Bytes carried while looking for the end of a quoted value, at least; past it (a value
+#: that long is far likelier a lone quote), the block ends at its last newline.
+CARRY_LIMIT = 16 << 20
 
 
 class CsvSource:
@@ -38,6 +41,8 @@ class CsvSource:
         self._next_row = first_row
         self._block_bytes = block_bytes
         self._carry = b""
+        self._carry_odd = False  # an odd number of quotes in the carry
+        self._carry_limit = max(CARRY_LIMIT, 16 * block_bytes)
         self._eof = False
 
     @classmethod
@@ -67,12 +72,22 @@ class CsvSource:
         while not (self._eof and not self._carry):
             data = self._file.read(self._block_bytes)
             if data:
+                # The carry holds no record end (else the last cut would have taken it), so
+                # only the new data is searched: linear, however long the carry grows.
+                end = record_end(data, odd=self._carry_odd)
+                carried = len(self._carry)
+                if end == 0 and carried + len(data) > self._carry_limit:
+                    # A lone quote inside a value ("a 1" screen") looks like an open quoted
+                    # value: past a bound, cut at the last newline and let pyarrow judge.
+                    end = data.rfind(b"\n") + 1
                 buffer = self._carry + data if self._carry else data
-                cut = record_end(buffer)
-                if cut == 0:
+                if end == 0:
                     self._carry = buffer
+                    self._carry_odd ^= data.count(b'"') % 2 == 1
                     continue
+                cut = carried + end
                 block, self._carry = buffer[:cut], buffer[cut:]
+                self._carry_odd = self._carry.count(b'"') % 2 == 1
             else:
                 self._eof = True
                 block, self._carry = self._carry, b""
@@ -109,8 +124,12 @@ class CsvSource:
             return [BAD_ROW], {0: BadRow("CSVError", str(error).splitlines()[0])}
         rows: list[Any] = table.to_pylist()
         bad: dict[int, BadRow] = {}
+        for name in table.column_names:
+            if pa.types.is_binary(table.schema.field(name).type):
+                _decode_text(rows, name, bad)
         for offset, reason in skipped:  # pyarrow numbers records from 1, in order
             rows.insert(offset, BAD_ROW)
+            bad = {o + (o >= offset): r for o, r in bad.items()}
             bad[offset] = reason
         return rows, bad
 
@@ -119,12 +138,29 @@ class CsvSource:
         self._file.close()
 
 
-def record_end(buffer: bytes) -> int:
-    """Index just after the last newline of ``buffer`` that is outside quotes; 0 if none."""
-    quotes = buffer.count(b'"')
-    end = len(buffer)
-    while (newline := buffer.rfind(b"\n", 0, end)) >= 0:
-        if (quotes - buffer.count(b'"', newline)) % 2 == 0:
+def _decode_text(rows: list[Any], name: str, bad: dict[int, BadRow]) -> None:
+    """pyarrow reads a column as bytes when one of its values is not UTF-8: the others get
+    their text back, and the rows holding such values are bad."""
+    for offset, row in enumerate(rows):
+        value = row[name]
+        if isinstance(value, bytes):
+            try:
+                row[name] = value.decode()
+            except UnicodeDecodeError:
+                message = f"field {name!r} is not UTF-8 text"
+                bad.setdefault(offset, BadRow("UnicodeDecodeError", message))
+    for offset in bad:
+        rows[offset] = BAD_ROW
+
+
+def record_end(data: bytes, *, odd: bool = False) -> int:
+    """Index just after the last newline of ``data`` that is outside quotes (an even number
+    of quotes before it, counting ``odd`` as one more); 0 if none."""
+    quotes = data.count(b'"') + odd
+    end = len(data)
+    while (newline := data.rfind(b"\n", 0, end)) >= 0:
+        quotes -= data.count(b'"', newline, end)
+        if quotes % 2 == 0:
             return newline + 1
         end = newline
     return 0

@@ -1,7 +1,8 @@
 """JSON Lines: one JSON value per line, read in blocks of bytes and parsed with orjson.
 
 A block ends at its last newline, so every chunk holds whole lines and its end is a byte
-offset a resumed read can seek to. Blank lines are not rows.
+offset a resumed read can seek to. Blank lines are not rows, and a UTF-8 byte order mark
+at the start of the file is not part of the first.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import orjson
 from ._chunk import BAD_ROW, BadRow, RowChunk
 
 DEFAULT_BLOCK_BYTES = 1 << 20
+_BOM = b"\xef\xbb\xbf"
 _DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
 
 
@@ -44,6 +46,7 @@ class JsonlSource:
         self._parse = parse
         self._carry = b""
         self._eof = False
+        self._at_start = position == 0
 
     @classmethod
     def open(
@@ -81,6 +84,11 @@ class JsonlSource:
         """The next chunk of whole lines, or ``None`` at the end of the input."""
         while not (self._eof and not self._carry):
             data = self._file.read(self._block_bytes)
+            if self._at_start:
+                self._at_start = False
+                if data.startswith(_BOM):  # some editors start UTF-8 files with one
+                    self._position += len(_BOM)
+                    data = data[len(_BOM) :]
             if data:
                 buffer = self._carry + data if self._carry else data
                 cut = buffer.rfind(b"\n") + 1

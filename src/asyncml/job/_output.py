@@ -173,16 +173,22 @@ class CommittedOutput:
         folder = self._parts.folder
         outputs = [folder / c.part for c in self._commits if c.part]
         _replace_atomically(self._output, lambda file: assemble(outputs, file, self._format))
-        deads = [folder / c.dead_part for c in self._commits if c.dead_part]
-        if deads:
-            _replace_atomically(self._dead_letters, lambda file: assemble(deads, file, "jsonl"))
-        else:
-            self._dead_letters.unlink(missing_ok=True)  # a stale file from an earlier run
+        self.publish_dead_letters()
         self._crash.reached("after-assemble")
         if self._journal is not None:
             self._journal.set("done", True)
         self._crash.reached("after-done")
         self.close(remove=True)
+
+    def publish_dead_letters(self) -> None:
+        """Writes the committed dead letters to the dead-letter file (for a job stopped by
+        its failure limit, so far: a resumed run writes the file again at its end)."""
+        folder = self._parts.folder
+        deads = [folder / c.dead_part for c in self._commits if c.dead_part]
+        if deads:
+            _replace_atomically(self._dead_letters, lambda file: assemble(deads, file, "jsonl"))
+        else:
+            self._dead_letters.unlink(missing_ok=True)  # a stale file from an earlier run
 
     def close(self, *, remove: bool = False) -> None:
         """Closes the journal and lets the parts folder go; with ``remove``, deletes them."""
@@ -242,9 +248,15 @@ class StreamedOutput:
             self._dead_file.flush()
 
     def finish(self) -> None:
-        """Flushes and closes the dead-letter file."""
+        """Flushes and closes the dead-letter file (deletes a stale one if no row failed)."""
         self.commit()
         self.close()
+        if self.tally.failed == 0:
+            self._dead_path.unlink(missing_ok=True)
+
+    def publish_dead_letters(self) -> None:
+        """Flushes the dead-letter file, written as rows fail."""
+        self.commit()
 
     def close(self, *, remove: bool = False) -> None:
         """Closes the dead-letter file."""

@@ -96,7 +96,7 @@ def to_records(
     if not errors:
         records = [
             _record(id_name, ident, value)
-            if type(value) is dict
+            if isinstance(value, dict)  # OrderedDict and defaultdict too
             else {id_name: ident, PREDICTION: value}
             for ident, value in zip(ids, values, strict=True)
         ]
@@ -107,7 +107,7 @@ def to_records(
         if error is None:
             records.append(
                 _record(id_name, ident, value)
-                if type(value) is dict
+                if isinstance(value, dict)
                 else {id_name: ident, PREDICTION: value}
             )
         else:

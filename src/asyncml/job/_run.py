@@ -364,6 +364,7 @@ class _Run:
                     committed_rows, committed_at = tally.rows, loop.time()
                 self._report(tally, outcome.tag.position, source)
                 if stop is not None:
+                    await asyncio.to_thread(output.publish_dead_letters)  # for the message
                     raise TooManyFailures(stop)
 
     def _outcomes(
@@ -392,7 +393,10 @@ class _Run:
             yield items, items.items
 
     def _read(self, source: Source) -> Items | None:
-        chunk = source.read()
+        try:
+            chunk = source.read()
+        except (OSError, ValueError) as error:  # e.g. a corrupt Parquet page
+            raise InputError(f"cannot read {self._paths.input!r}: {_reason(error)}") from None
         if chunk is None:
             return None
         if self._decoder is not None:  # unparsed lines: the workers make the items
