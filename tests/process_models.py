@@ -202,3 +202,33 @@ class ReadableInWorkersOnly:
 
 def unreadable_outputs_for_negatives(batch: list[int]) -> list[Any]:
     return [ReadableInWorkersOnly() if x < 0 else x for x in batch]
+
+
+def callbacks_for_negatives(batch: list[int]) -> list[Any]:
+    """Outputs that do not pickle (lambdas) for negative items."""
+    return [(lambda x=x: x) if x < 0 else x for x in batch]
+
+
+def _refuse_in_a_worker() -> str:
+    if multiprocessing.parent_process() is not None:
+        raise ValueError("this input only unpickles in the parent")
+    return "unpickled"
+
+
+class ReadableInParentOnly:
+    """Pickles anywhere; unpickles in the main process only."""
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return _refuse_in_a_worker, ()
+
+
+def add_one_in_place(batch: list[Any]) -> list[Any]:
+    for array in batch:
+        array += 1
+    return batch
+
+
+def hang_on_3(x: int) -> int:
+    if x == 3:
+        time.sleep(3600)
+    return x

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -332,6 +333,40 @@ async def test_map_reports_a_refused_item_in_its_place(clock: FakeClockLoop) -> 
     assert isinstance(results[0], asyncml.ItemTimeout)  # queued, expired before dispatch
     assert isinstance(results[1], asyncml.ItemTimeout)  # never found room
     assert [r.index for r in results if isinstance(r, asyncml.AsyncmlError)] == [0, 1]
+
+
+@pytest.mark.parametrize("how", ["map", "as_completed"])
+async def test_items_refused_by_a_closing_model_are_reported_in_their_places(how: str) -> None:
+    model = GatedModel()
+    model.gate.clear()
+    async with asyncml.load(model, max_queue=2, max_batch_size=1) as m:
+        if how == "map":
+            running = asyncio.ensure_future(m.map(range(10), return_exceptions=True))
+        else:
+            running = asyncio.ensure_future(
+                _collect(m.as_completed(range(10), return_exceptions=True))
+            )
+        await until(lambda: m.statistics().queued == 2)
+        model.gate.set()  # leaving the block closes the model while the rest are submitted
+    results = await running
+    closed = [r for r in results if isinstance(r, asyncml.Closed)]
+    assert closed
+    assert len(results) == 10
+    assert all(isinstance(error.index, int) for error in closed)
+
+
+async def _collect(pairs: Any) -> list[Any]:
+    return [value async for _, value in pairs]
+
+
+async def test_a_nan_timeout_is_refused() -> None:
+    async with asyncml.load(GatedModel()) as m:
+        with pytest.raises(ValueError, match="timeout must be a number of seconds, got nan"):
+            await m(1, timeout=float("nan"))
+        with pytest.raises(TypeError, match="timeout must be a number of seconds, got '5'"):
+            await m(1, timeout="5")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timeout must be a number of seconds > 0"):
+        asyncml.load(GatedModel(), timeout="5")  # type: ignore[call-overload]
 
 
 async def test_closing_as_completed_cancels_the_outstanding_items() -> None:

@@ -40,10 +40,17 @@ def test_a_model_error_carries_its_cause_when_it_can() -> None:
     assert (clone.cause_type, clone.cause_message) == ("KeyError", "'k'")
     assert error.__cause__ is error.cause
 
-    opaque = asyncml.ModelError.from_exception(Unpicklable("x"), model="m")
-    clone = pickle.loads(pickle.dumps(opaque))
-    assert clone.cause is None
-    assert (clone.cause_type, clone.cause_message) == ("Unpicklable", "x")
+    for cause in (Unpicklable("x"), TwoArguments("x", 3)):  # the second pickles, only
+        opaque = asyncml.ModelError.from_exception(cause, model="m")
+        clone = pickle.loads(pickle.dumps(opaque))
+        assert clone.cause is None
+        assert clone.cause_type == type(cause).__name__
+        assert clone.cause_message == str(cause)
+
+
+class TwoArguments(Exception):
+    def __init__(self, user: str, limit: int):
+        super().__init__(f"{user} is over {limit}")
 
 
 def test_context_shows_in_the_message() -> None:

@@ -16,6 +16,7 @@ from threadpoolctl import threadpool_info
 
 import asyncml
 from tests.helpers import GatedModel, until
+from tests.process_models import FailsSetup
 
 SCRIPTS = Path(__file__).parent / "scripts"
 REPO = Path(__file__).parents[1]
@@ -139,8 +140,26 @@ async def test_a_model_runs_once() -> None:
     async with loaded:
         with pytest.raises(RuntimeError, match="already running"):
             await loaded.__aenter__()
+    with pytest.raises(RuntimeError, match=r"has already run: call asyncml\.load"):
+        await loaded.__aenter__()
     with pytest.raises(RuntimeError, match="not running"):
         await asyncml.load(GatedModel())(1)
+
+
+@pytest.mark.parametrize(
+    ("model", "executor"),
+    [(AsyncBrokenSetup, "inline"), (BrokenSetup, "thread"), (FailsSetup, "process")],
+)
+async def test_a_model_whose_setup_failed_cannot_be_entered_again(
+    model: type[asyncml.Model[Any, Any]], executor: str
+) -> None:
+    loaded = asyncml.load(model, executor=executor)  # type: ignore[call-overload]
+    with pytest.raises(asyncml.SetupError):
+        async with loaded:
+            pass
+    with pytest.raises(RuntimeError, match="has already run"):
+        async with loaded:
+            pass
 
 
 async def test_a_failing_close_reaches_the_owner() -> None:

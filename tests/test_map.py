@@ -85,3 +85,15 @@ async def test_map_shows_progress_through_a_pluggable_display(
     results = await asyncml.map(models.square, range(50), executor="thread", progress=LogProgress())
     assert results == [x * x for x in range(50)]
     assert caplog.messages[-1].startswith("stage square: 50/50 done")
+
+
+async def test_map_refuses_async_functions_and_bad_sizes_at_once() -> None:
+    async def fetch(x: int) -> int:
+        return x
+
+    with pytest.raises(TypeError, match="'fetch' is an async function"):
+        asyncml.map(fetch, [1], executor="thread")
+    with pytest.raises(ValueError, match="chunk_size must be an int >= 1, got 0"):
+        asyncml.map(models.square, [1], chunk_size=0)
+    with pytest.raises(ValueError, match="max_in_flight must be an int >= 1, got -1"):
+        asyncml.map(models.square, [1], max_in_flight=-1)

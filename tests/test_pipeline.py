@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import pickle
 import random
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -381,6 +383,25 @@ async def test_a_failing_source_ends_the_run_with_its_error() -> None:
 
     with pytest.raises(PipelineFailed, match=r"the source failed after 1 items: OSError: disk"):
         await Pipeline(inline(double)).run(source())
+    with pytest.raises(PipelineFailed) as caught:
+        await Pipeline(inline(double)).run(source())
+    assert isinstance(caught.value.__cause__, OSError)  # where the source raised, traced
+
+
+async def test_dead_letters_of_items_json_cannot_hold_are_written(tmp_path: Path) -> None:
+    def refuse(item: Any) -> Any:
+        raise ValueError("bad record")
+
+    path = tmp_path / "dead.jsonl"
+    items = [{1: "a"}, 2**70, threading.Lock()]
+    summary = await Pipeline(inline(refuse)).run(items, dead_letters=path)
+    assert summary.failed == 3
+    lines = (await asyncio.to_thread(path.read_bytes)).splitlines()
+    written = [orjson.loads(line)["item"] for line in lines]
+    assert written[:2] == [{"1": "a"}, str(2**70)]
+    assert written[2].startswith("<unlocked _thread.lock object")
+    failed = PipelineFailed("stopped", failed=1, last=summary.dead_letters[2])
+    assert pickle.loads(pickle.dumps(failed)).last.item == repr(items[2])
 
 
 async def test_async_sources_are_pulled_as_room_frees_up(clock: FakeClockLoop) -> None:

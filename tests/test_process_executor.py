@@ -135,6 +135,25 @@ async def test_an_outcome_the_parent_cannot_read_fails_its_batch_and_the_worker_
         assert m.statistics().failed == 1
 
 
+async def test_outputs_that_cannot_cross_fail_their_items_and_no_worker_dies() -> None:
+    async with asyncml.load(
+        models.callbacks_for_negatives, executor="process", max_batch_size=4
+    ) as m:
+        results = await m.map([1, -2, 3], return_exceptions=True)
+        assert results[0::2] == [1, 3]
+        assert isinstance(results[1], asyncml.ModelError)
+        assert "output cannot be sent back from the worker process" in str(results[1])
+        assert m.statistics().worker_restarts == 0
+
+
+async def test_an_input_that_does_not_unpickle_in_the_worker_fails_its_batch_alone() -> None:
+    async with asyncml.load(models.identity, executor="process") as m:
+        with pytest.raises(asyncml.ModelError, match="cannot be read in the worker process"):
+            await m(models.ReadableInParentOnly())
+        assert await m.map([1, 2]) == [1, 2]
+        assert m.statistics().worker_restarts == 0
+
+
 async def test_a_hung_batch_is_killed_after_the_execution_timeout() -> None:
     pool = ProcessExecutor(2, execution_timeout=0.5)
     async with asyncml.load(models.hang_on_13, executor=pool, max_batch_size=2) as m:

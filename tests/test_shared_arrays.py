@@ -81,6 +81,14 @@ async def test_a_model_writing_into_its_input_writes_into_the_callers_array() ->
     assert shared[-1] == 2
 
 
+async def test_small_shared_arrays_batched_together_stay_the_callers() -> None:
+    arrays = [asyncml.shared_array(100, np.float32) for _ in range(4)]  # stacked if ordinary
+    async with asyncml.load(models.add_one_in_place, executor="process", max_batch_size=8) as m:
+        outputs = await m.map(arrays)
+    assert [float(a[0]) for a in arrays] == [1.0] * 4
+    assert all(np.shares_memory(o, a) for o, a in zip(outputs, arrays, strict=True))
+
+
 async def test_shared_memory_goes_with_the_arrays_in_both_processes() -> None:
     before = await asyncio.to_thread(open_shared_files)
     async with asyncml.load(models.shared_maps, executor="process") as m:

@@ -206,7 +206,7 @@ class BlockingParent:
 def channel(run: Callable[[Sequence[Any]], BatchOutcome]) -> Any:
     """A parent's channel to a worker thread that answers each batch with ``run``."""
     ours, theirs = Pipe()
-    worker = WorkerChannel(theirs)
+    worker = WorkerChannel(theirs, "model")
 
     def serve() -> None:
         while (frame := worker.receive()) is not None:

@@ -211,7 +211,13 @@ class Batcher:
             timeout = self._timeout
             if timeout is None:
                 return _NO_DEADLINE
-        return self._loop.time() + timeout
+        try:
+            deadline = self._loop.time() + timeout
+        except TypeError:
+            raise TypeError(f"timeout must be a number of seconds, got {timeout!r}") from None
+        if deadline != deadline:  # NaN, which no clock reading passes or not
+            raise ValueError("timeout must be a number of seconds, got nan")
+        return deadline
 
     def _enqueue(self, item: Any, deadline: float) -> asyncio.Future[Any]:
         loop = self._loop

@@ -164,10 +164,12 @@ class Closed(AsyncmlError):
 
 
 def _pickles(obj: object) -> bool:
+    """Whether ``obj`` survives a pickle round trip: an exception whose ``__init__`` takes
+    other arguments than its ``args`` pickles, but does not unpickle."""
     if obj is None:
         return True
     try:
-        pickle.dumps(obj)
+        pickle.loads(pickle.dumps(obj))
     except Exception:
         return False
     return True

@@ -49,6 +49,7 @@ class LoadedModel(Generic[In, Out]):
         self._timeout = timeout
         self._grouping = grouping
         self._batcher: Batcher | None = None
+        self._entered = self._exited = False
 
     @property
     def name(self) -> str:
@@ -66,8 +67,13 @@ class LoadedModel(Generic[In, Out]):
         return self._timeout
 
     async def __aenter__(self) -> LoadedModel[In, Out]:
-        if self._batcher is not None:
+        if self._batcher is not None and not self._exited:
             raise RuntimeError(f"model {self.name!r} is already running")
+        if self._entered:  # its executor has run (or failed to start): it cannot again
+            raise RuntimeError(
+                f"model {self.name!r} has already run: call asyncml.load() again to run it anew"
+            )
+        self._entered = True
         await self._executor.start(self._spec)
         self._batcher = Batcher(
             self._spec,
@@ -85,6 +91,7 @@ class LoadedModel(Generic[In, Out]):
         tb: TracebackType | None,
     ) -> None:
         batcher = self._running()
+        self._exited = True
         drained = False
         try:
             if exc_type is None:
@@ -179,7 +186,10 @@ class LoadedModel(Generic[In, Out]):
         futures: list[asyncio.Future[Any]] = []
         try:
             for item in items:
-                future = batcher.try_submit(item, timeout)
+                try:
+                    future = batcher.try_submit(item, timeout)
+                except AsyncmlError as error:  # closed meanwhile: the item's outcome
+                    future = _failed(error)
                 if future is None:
                     future = await _submit_or_fail(batcher, item, timeout)
                 futures.append(future)
@@ -261,7 +271,10 @@ class LoadedModel(Generic[In, Out]):
             for index, item in enumerate(items):
                 while len(outstanding) >= self._max_queue or finished:
                     yield await next_finished()
-                future = batcher.try_submit(item, timeout)
+                try:
+                    future = batcher.try_submit(item, timeout)
+                except AsyncmlError as error:  # closed meanwhile: the item's outcome
+                    future = _failed(error)
                 if future is None:
                     future = await _submit_or_fail(batcher, item, timeout)
                 outstanding[index] = future
@@ -284,9 +297,13 @@ async def _submit_or_fail(
     try:
         return await batcher.submit(item, timeout)
     except AsyncmlError as error:
-        failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        failed.set_exception(error)
-        return failed
+        return _failed(error)
+
+
+def _failed(error: AsyncmlError) -> asyncio.Future[Any]:
+    failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    failed.set_exception(error)
+    return failed
 
 
 def abandon(futures: Iterable[asyncio.Future[Any]]) -> int:
@@ -421,7 +438,9 @@ def load(
         max_queue = max(DEFAULT_MAX_QUEUE, 2 * pool.capacity * spec.max_batch_size)
     if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
         raise ValueError(f"max_queue must be an int >= 1, got {max_queue!r}")
-    if timeout is not None and not timeout > 0:
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
+    ):
         raise ValueError(f"timeout must be a number of seconds > 0 or None, got {timeout!r}")
     default_cost, default_budget = grouping_defaults(model)
     item_cost = default_cost if item_cost is None else item_cost

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator
 from typing import Any, Generic, Literal, TypeVar, overload
@@ -43,6 +44,16 @@ class MapRun(Generic[R]):
         total: int | None,
     ):
         self._name = getattr(fn, "__name__", type(fn).__name__)
+        if inspect.iscoroutinefunction(fn):
+            raise TypeError(
+                f"{self._name!r} is an async function: asyncml.map runs functions on worker "
+                "threads or processes; await it in an asyncml.Pipeline stage instead"
+            )
+        for option, value in (("chunk_size", chunk_size), ("max_in_flight", max_in_flight)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(f"{option} must be an int >= 1, got {value!r}")
         self._batch_fn = PerItem(fn, self._name)
         self._items = items
         self._executor = executor
@@ -240,6 +251,8 @@ def map(
         total: the number of items, for progress, when ``len(items)`` fails.
 
     Raises:
+        TypeError: ``fn`` is an async function (at once).
+        ValueError: ``chunk_size`` or ``max_in_flight`` below 1 (at once).
         ModelError: ``fn`` raised for an item (its ``index`` set); the rest are cancelled.
         WorkerCrashed: an item kept killing its worker process.
     """

@@ -41,6 +41,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._batch import BatchOutcome
+from .._errors import ModelError
 from . import _shm
 from ._shared import REGISTRY, SharedMaps, SharedSlice, view_in_parent
 from ._shm import Segment
@@ -84,6 +85,8 @@ class _Frame(NamedTuple):
     slot: int = 0
     #: parent to worker: shared arrays (by inode) the parent let go, to unmap
     release: tuple[int, ...] = ()
+    #: parent to worker: the batch's number of items
+    batch_size: int = 0
 
 
 class _NeedResponseSegment(NamedTuple):
@@ -190,14 +193,18 @@ class ParentChannel:
         request = self._segments.get(key)
         find = REGISTRY.find if self._shared else _nowhere
         try:
-            stream, buffers, transfer = _encode(pack(items), find, partial(self._reserve_in, key))
+            stack = not (self._shared and REGISTRY.holds_any(items))
+            payload = pack(items, stack=stack)
+            stream, buffers, transfer = _encode(payload, find, partial(self._reserve_in, key))
         except Exception as exc:
             raise Unsendable from exc
         new = self._segments.get(key)
         attach = new.name if new is not None and new is not request else None
         release = self._released()
         self._mapped.update(b.inode for b in buffers if isinstance(b, SharedSlice))
-        frame = _Frame(stream, buffers, attach=attach, slot=slot, release=release)
+        frame = _Frame(
+            stream, buffers, attach=attach, slot=slot, release=release, batch_size=len(items)
+        )
         return Packed(_dump(frame), transfer)
 
     def take(self, message: bytes, reply: Callable[[bytes], None]) -> Received | None:
@@ -265,8 +272,9 @@ class ParentChannel:
 class WorkerChannel:
     """The worker's end of its pipe: it maps the segments the parent names."""
 
-    def __init__(self, conn: Connection):
+    def __init__(self, conn: Connection, name: str):
         self._conn = conn
+        self._name = name
         self._segments: dict[int, Segment] = {}
         self._shared = SharedMaps()
         # Batches the parent sent ahead while this worker waited for a segment's name.
@@ -302,18 +310,48 @@ class WorkerChannel:
             where = _find(raw, segments)
             return where if where is not None or not inputs else self._shared.find(raw, inputs)
 
-        # One expression: the items and the outcome are gone before the in_use() check.
-        stream, buffers, transfer = _encode(
-            pack_outcome(run(unpack(_decode(frame, segments, self._shared.view)))),
-            find,
-            partial(self._reserve_response, frame.slot),
-        )
+        reserve = partial(self._reserve_response, frame.slot)
+        # Outputs in the batch's shared arrays go back unstacked, as themselves.
+        outcome = pack_outcome(self._run(frame, run), stack=not inputs)
+        try:
+            stream, buffers, transfer = _encode(outcome, find, reserve)
+        except Exception:  # an output that does not pickle fails its item, not the worker
+            stream, buffers, transfer = _encode(self._sendable(outcome), find, reserve)
+        del outcome  # the items and outputs are gone before the in_use() check
         transfer.run()
         request = self._segments.get(request_key)
         retained = request is not None and request.in_use()
         if retained:
             del self._segments[request_key]  # its mapping lives on with the model's arrays
         self._send(_Frame(stream, buffers, retained=retained, slot=frame.slot))
+
+    def _run(self, frame: _Frame, run: Callable[[Sequence[Any]], BatchOutcome]) -> BatchOutcome:
+        try:
+            items = unpack(_decode(frame, self._segments, self._shared.view))
+        except Exception as exc:  # an item pickled in the parent does not unpickle here
+            error = ModelError(
+                f"model {self._name!r}: the batch cannot be read in the worker process: "
+                f"{type(exc).__name__}: {exc}",
+                model=self._name,
+            )
+            return BatchOutcome.failure(frame.batch_size, error)
+        return run(items)
+
+    def _sendable(self, outcome: BatchOutcome) -> BatchOutcome:
+        """``outcome`` with each output that does not pickle replaced by its item's error."""
+        values = list(unpack(outcome.values))
+        errors = dict(outcome.errors or {})
+        for index, value in enumerate(values):
+            try:
+                pickle.dumps(value, protocol=5, buffer_callback=_ignore)
+            except Exception as exc:
+                values[index] = None
+                errors[index] = ModelError(
+                    f"model {self._name!r}: the output cannot be sent back from the worker "
+                    f"process: {type(exc).__name__}: {exc}",
+                    model=self._name,
+                )
+        return BatchOutcome(values, errors)
 
     def _reserve_response(self, slot: int, size: int) -> tuple[int, Segment] | None:
         key = _key(_RESPONSE, slot)
@@ -389,6 +427,10 @@ def _encode(
 
 
 def _nowhere(raw: memoryview) -> None:
+    return None
+
+
+def _ignore(buffer: pickle.PickleBuffer) -> None:
     return None
 
 

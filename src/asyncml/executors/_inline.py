@@ -53,6 +53,7 @@ class InlineExecutor(Executor):
             model = spec.create()
             try:
                 await _call(model.setup)
+                self._models.append(model)  # close() releases what setup() acquired
                 await _call(model.warmup)
             except BaseException as exc:
                 with contextlib.suppress(AsyncmlError):
@@ -65,7 +66,6 @@ class InlineExecutor(Executor):
                     model=spec.name,
                     worker=index,
                 ) from exc
-            self._models.append(model)
         self._idle = list(self._models)
         self._group = asyncio.TaskGroup()
         await self._group.__aenter__()

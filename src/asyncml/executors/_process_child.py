@@ -10,6 +10,7 @@ outlives its parent.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
@@ -38,17 +39,22 @@ def serve(conn: Connection, name: str, pickled_spec: bytes, threads: int | None)
     limit_pools_loaded_later(threads)
     limit = IntraOpLimit(threads)  # this whole process is the worker's: never released
     parent = os.getppid()
+    model: Model[Any, Any] | None = None
     try:
         spec: ModelSpec = pickle.loads(pickled_spec)
-        model = spec.create()
-        model.setup()
+        created = spec.create()
+        created.setup()
+        model = created  # close() releases what setup() acquired, also if warmup() fails
         limit.apply()  # to what was loaded before the variables were set: numpy, say
         model.warmup()
     except BaseException as exc:
+        if model is not None:
+            with contextlib.suppress(BaseException):
+                model.close()
         conn.send(("failed", ModelError.from_exception(exc, model=name)))
         return
     conn.send(("ready", readable_from(parent)))
-    channel = WorkerChannel(conn)
+    channel = WorkerChannel(conn, spec.name)
     try:
         while (frame := channel.receive()) is not None:
             channel.answer(frame, partial(_run, model, spec, limit))

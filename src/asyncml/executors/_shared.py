@@ -90,6 +90,14 @@ class _Registry:
             self._by_inode[inode] = block
         return mapping
 
+    def holds_any(self, items: Sequence[object]) -> bool:
+        """Whether one of ``items`` is an array in a shared array's memory."""
+        return bool(self._starts) and any(
+            self.find(item.data.cast("B")) is not None
+            for item in items
+            if isinstance(item, np.ndarray) and item.flags.c_contiguous
+        )
+
     def find(self, buffer: memoryview) -> SharedSlice | None:
         """Where ``buffer`` lies, if inside a shared array of this process."""
         if not self._starts or not buffer.nbytes:

@@ -30,11 +30,12 @@ class _Rows:
     stacked: np.ndarray
 
 
-def pack(items: Sequence[Any] | np.ndarray) -> Any:
-    """What to send for ``items``: one stacked array where they allow it."""
+def pack(items: Sequence[Any] | np.ndarray, *, stack: bool = True) -> Any:
+    """What to send for ``items``: one stacked array where they allow it (and ``stack``:
+    arrays in shared memory must cross as themselves, so that writes reach their owner)."""
     if isinstance(items, np.ndarray):
         return _Rows(items)  # already one array: a batch's outputs, or items from unpack()
-    if len(items) < 2 or _large_array(items[0]):
+    if not stack or len(items) < 2 or _large_array(items[0]):
         return items
     stacked = stack_uniform(items)
     return items if stacked is None else _Rows(stacked)
@@ -48,8 +49,8 @@ def unpack(payload: Any) -> Sequence[Any]:
     return cast(Sequence[Any], payload)
 
 
-def pack_outcome(outcome: BatchOutcome) -> BatchOutcome:
-    return BatchOutcome(pack(outcome.values), outcome.errors)
+def pack_outcome(outcome: BatchOutcome, *, stack: bool = True) -> BatchOutcome:
+    return BatchOutcome(pack(outcome.values, stack=stack), outcome.errors)
 
 
 def unpack_outcome(outcome: BatchOutcome) -> BatchOutcome:

@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import traceback as traceback_module
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from .._errors import AsyncmlError, ModelError
+from .._errors import AsyncmlError, ModelError, _pickles
 
 #: Dead letters a summary keeps for inspection; all of them reach the sink.
 KEPT_IN_SUMMARY = 100
+_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,23 @@ class DeadLetter:
 
     def to_json(self) -> bytes:
         """One JSON line; an item JSON cannot hold is written as its ``repr``."""
-        return orjson.dumps(asdict(self), default=repr, option=orjson.OPT_SERIALIZE_NUMPY)
+        fields = {name: getattr(self, name) for name in _FIELDS}  # no deep copy of the item
+        try:
+            return orjson.dumps(fields, default=repr, option=_JSON_OPTIONS)
+        except TypeError:  # e.g. an int past 64 bits somewhere inside the item
+            fields["item"] = repr(self.item)
+            return orjson.dumps(fields, default=repr, option=_JSON_OPTIONS)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Crossing to another process (in a PipelineFailed, say), an item that does not
+        # pickle (a lock, a generator) travels as its repr.
+        values = [getattr(self, name) for name in _FIELDS]
+        if not _pickles(self.item):
+            values[_FIELDS.index("item")] = repr(self.item)
+        return type(self), tuple(values)
+
+
+_FIELDS = tuple(field.name for field in fields(DeadLetter))
 
 
 class StageError(ModelError):

@@ -243,9 +243,10 @@ class PipelineRun:
         try:
             await self._stack.__aexit__(exc_type, exc, tb)
         except BaseExceptionGroup as group:
-            # A worker's own failure: raise it as itself, not wrapped.
+            # A worker's own failure: raise it as itself, not wrapped, with its own cause.
             if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
+                error = group.exceptions[0]
+                raise error from error.__cause__
             raise
         finally:
             if self._progress is not None:

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from .._loaded import ExecutorName, LoadedModel, load
 from .._model import Model
 from .._per_item import PerItem
-from ..executors import Executor
+from ..executors import Executor, ProcessExecutor
 from ._rate import RateLimit
 from ._retry import NO_RETRY, Retry
 
@@ -44,10 +44,17 @@ class Stage:
         model = self.fn
         if not self.batched:
             model = PerItem(_Listed(model) if self.flat else model, self.name)
+        executor, workers = self.executor, self.workers
+        if executor == "process" and self.timeout is not None:
+            # A batch running past what all its items' deadlines allow holds a hung item:
+            # its worker is killed (and the batch handled as a crash), else the stage
+            # could never finish.
+            bound = self.timeout * self.batch_size
+            executor, workers = ProcessExecutor(workers or 1, execution_timeout=bound), None
         return load(
             model,
-            executor=self.executor,
-            workers=self.workers,
+            executor=executor,
+            workers=workers,
             max_batch_size=self.batch_size,
             max_wait=self.max_wait,
             max_queue=max(self.concurrency, self.batch_size),
