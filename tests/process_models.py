@@ -232,3 +232,13 @@ def hang_on_3(x: int) -> int:
     if x == 3:
         time.sleep(3600)
     return x
+
+
+class SlowSetup(asyncml.Model[int, int]):
+    """A model that takes a minute to load."""
+
+    def setup(self) -> None:
+        time.sleep(60)
+
+    def predict(self, batch: list[int]) -> list[int]:
+        return batch

@@ -261,3 +261,12 @@ def test_workers_run_on_uvloop() -> None:
     assert [int(row[0]) for row in rows] == [2 * i for i in range(100)]
     assert_array_equal(large, np.full((1024, 512), 2.0))
     assert (after, restarts) == ([0, 2, 4], 1)
+
+
+async def test_cancelling_a_start_kills_workers_still_in_setup() -> None:
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.5), asyncml.load(models.SlowSetup, executor="process"):
+            pass
+    assert loop.time() - began < 30  # not the minute the setup would have taken

@@ -111,18 +111,27 @@ async def await_startup(
     *,
     model: str,
     kind: str,
+    interruptible: bool = False,
 ) -> None:
     """Waits until every worker signalled its start; if one failed, or the wait is
     cancelled, stops them all first (no worker is left running).
+
+    A cancellation waits for the setups still running, since a thread cannot be
+    interrupted; with ``interruptible`` (workers that ``stop_all`` kills: processes) it
+    stops them at once, so Ctrl-C does not wait out a model that loads for minutes.
 
     Raises:
         SetupError: a worker's setup() or warmup() failed.
     """
     setups = asyncio.gather(*started, return_exceptions=True)
     try:
-        await wait_shielded(setups)
+        if interruptible:
+            await asyncio.shield(setups)
+        else:
+            await wait_shielded(setups)
     except asyncio.CancelledError:
         await stop_all()
+        setups.cancel()  # what has not started never will
         raise
     failures = [(i, r) for i, r in enumerate(setups.result()) if isinstance(r, BaseException)]
     if failures:

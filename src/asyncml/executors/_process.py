@@ -154,6 +154,7 @@ class ProcessExecutor(Executor):
             lambda: self._stop_workers(graceful=False),
             model=spec.name,
             kind="worker process",
+            interruptible=True,
         )
 
     def submit(self, items: Sequence[Any], done: BatchDone) -> None:
