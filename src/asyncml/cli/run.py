@@ -191,7 +191,8 @@ def run(
     \b
     Exit codes:
       0    every row was processed (failed rows are in the dead-letter file)
-      1    stopped: more rows failed than --max-failures allows, or the model's setup failed
+      1    stopped: more rows failed than --max-failures allows, the model's setup failed,
+           or the reader of -o - went away
       2    bad usage or input: a missing file, an unwritable output, a REF that does not
            import, a journal in the way
       130  interrupted (Ctrl-C); committed work is kept for --resume
