@@ -359,6 +359,34 @@ async def _collect(pairs: Any) -> list[Any]:
     return [value async for _, value in pairs]
 
 
+async def test_room_left_by_cancelled_items_goes_to_the_callers_waiting_first() -> None:
+    model = GatedModel()
+    model.gate.clear()
+    async with asyncml.load(model, max_queue=2, max_batch_size=1) as m:
+        first = asyncio.ensure_future(m("A"))
+        await model.started.wait()
+        queued = [asyncio.ensure_future(m(x)) for x in "BC"]
+        await until(lambda: m.statistics().queued == 2)
+        waiting = asyncio.ensure_future(m("D"))
+        await asyncio.sleep(0)
+        for call in queued:
+            call.cancel()
+        await until(lambda: m.statistics().queued == 1)  # D took the room at once
+        later = asyncio.ensure_future(m("E"))
+        model.gate.set()
+        assert list(await asyncio.gather(first, waiting, later)) == [("out", x) for x in "ADE"]
+    assert model.seen == ["A", "D", "E"]
+
+
+async def test_map_over_more_items_than_fit_stops_at_the_first_failure() -> None:
+    model = GatedModel(poison=[0])
+    async with asyncml.load(model, max_queue=4, max_batch_size=1) as m:
+        with pytest.raises(asyncml.ModelError, match="poison 0") as caught:
+            await m.map(range(10_000))
+    assert caught.value.index == 0
+    assert len(model.seen) < 20  # not the whole input
+
+
 async def test_a_nan_timeout_is_refused() -> None:
     async with asyncml.load(GatedModel()) as m:
         with pytest.raises(ValueError, match="timeout must be a number of seconds, got nan"):

@@ -50,6 +50,18 @@ def optional(batch):
     return [{"score": v if v >= 20 else None} for v in batch]
 
 
+def numpy_mix(batch):
+    import numpy as np
+
+    return [np.int64(7) if v % 3 == 0 else (2.5 if v % 3 == 1 else "x") for v in batch]
+
+
+def strange_error(batch):
+    if 3 in batch:
+        raise ValueError("bad name \\udcff here")
+    return list(batch)
+
+
 async def adouble(batch):
     return [2 * v for v in batch]
 
@@ -488,6 +500,55 @@ def test_a_run_that_cannot_journal_leaves_an_unfinished_job_alone(tmp_path: Path
     assert sorted((tmp_path / "out.jsonl.parts").iterdir()) == parts
     assert invoke(ref, *options, "--resume").exit_code == 0
     assert len(read_rows(output)) == 41
+
+
+def test_a_fresh_run_leaves_parts_of_a_journal_kept_elsewhere_alone(tmp_path: Path) -> None:
+    ref = model_ref(tmp_path)
+    options = stop_early(tmp_path, ref)
+    (tmp_path / "out.jsonl.journal.sqlite").rename(tmp_path / "elsewhere.sqlite")
+    parts = sorted((tmp_path / "out.jsonl.parts").iterdir())
+    result = invoke(ref, *options)
+    assert result.exit_code == 2
+    assert "cannot start:" in result.stderr
+    assert sorted((tmp_path / "out.jsonl.parts").iterdir()) == parts
+
+
+def test_outputs_keep_their_types_and_every_dead_letter_is_written(tmp_path: Path) -> None:
+    given, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_rows(given, ROWS[:6])
+    result = invoke(model_ref(tmp_path, "numpy_mix"), "-i", given, "-o", output, "--field", "v")
+    assert result.exit_code == 0, result.stderr
+    assert [row["prediction"] for row in read_rows(output)] == [7, 2.5, "x"] * 2
+    result = invoke(model_ref(tmp_path, "strange_error"), "-i", given, "-o", output, "--field", "v")
+    assert result.exit_code == 0, result.stderr
+    (letter,) = read_rows(tmp_path / "out.jsonl.dead.jsonl")
+    assert (letter["row"], letter["message"]) == (3, "bad name \\udcff here")
+
+
+def test_an_id_field_named_prediction_and_a_csv_header_naming_twice_are_refused(
+    tmp_path: Path,
+) -> None:
+    given = tmp_path / "in.jsonl"
+    write_rows(given, ROWS[:2])
+    result = invoke(
+        model_ref(tmp_path), "-i", given, "-o", tmp_path / "o.jsonl", "--id-field", "prediction"
+    )
+    assert result.exit_code == 2
+    assert "--id-field 'prediction' would share its field" in result.stderr
+    doubled = tmp_path / "doubled.csv"
+    doubled.write_text("a,a,b\n1,2,3\n")
+    result = invoke(model_ref(tmp_path), "-i", doubled, "-o", tmp_path / "o2.jsonl")
+    assert result.exit_code == 2
+    assert "the CSV header names 'a' more than once" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_output_paths_are_printed_as_they_are(tmp_path: Path) -> None:
+    given, output = tmp_path / "in.jsonl", tmp_path / "preds[v2].jsonl"
+    write_rows(given, ROWS[:2])
+    result = invoke(model_ref(tmp_path), "-i", given, "-o", output, "--field", "v")
+    assert result.exit_code == 0, result.stderr
+    assert f"output: {output}" in result.stderr
 
 
 def test_resume_without_the_jobs_journal_is_refused_when_parts_exist(tmp_path: Path) -> None:

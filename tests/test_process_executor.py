@@ -224,22 +224,29 @@ async def models_async(batch: list[int]) -> list[int]:
     return batch
 
 
-def test_workers_exit_when_their_parent_is_killed() -> None:
+@pytest.mark.parametrize("state", ["idle", "busy"])
+def test_workers_exit_when_their_parent_is_killed(state: str) -> None:
     root = Path(__file__).parents[1]
     with subprocess.Popen(
-        [sys.executable, str(root / "tests" / "scripts" / "orphaned.py")],
+        [sys.executable, str(root / "tests" / "scripts" / "orphaned.py"), state],
         stdout=subprocess.PIPE,
         text=True,
         cwd=root,
         env={**os.environ, "PYTHONPATH": str(root)},
     ) as parent:
         assert parent.stdout is not None
+        family = psutil.Process(parent.pid)
         workers = [psutil.Process(int(pid)) for pid in parent.stdout.readline().split()]
         assert len(workers) == 2
+        if state == "busy":  # the other two workers are inside batches that never end
+            assert parent.stdout.readline().strip() == "busy"
+            workers = [p for p in family.children() if "resource_tracker" not in p.cmdline()[-1]]
+            assert len(workers) == 4
         parent.kill()
         parent.wait(timeout=10)
     _, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive, f"orphaned workers: {alive}"
+    assert not list(Path("/dev/shm").glob(f"asyncml-{parent.pid}-*"))
 
 
 def test_workers_run_on_uvloop() -> None:

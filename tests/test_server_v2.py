@@ -145,6 +145,13 @@ def test_json_tensors_reach_the_model_as_binary_ones_would() -> None:
     assert texts.items == binary.items == [b"ab", "é".encode()]
 
 
+def test_dict_outputs_form_tensors_whatever_their_key_order() -> None:
+    request = InferRequest(None, [1, 2], None, [], False)
+    text, _ = encode_response("m", request, [{"a": 1, "b": 2}, {"b": 4, "a": 3}])
+    outputs = {o["name"]: o["data"] for o in json.loads(text)["outputs"]}
+    assert outputs == {"a": [1, 3], "b": [2, 4]}
+
+
 def test_the_codec_rejects_what_does_not_form_a_batch() -> None:
     mismatched = [tensor("a", [2], "INT64", [1, 2]), tensor("b", [3], "INT64", [1, 2, 3])]
     with pytest.raises(Problem, match="disagree on the batch size"):

@@ -88,7 +88,7 @@ class Batcher:
         try:
             return await future
         except asyncio.CancelledError:
-            self._maybe_dropped += 1
+            self.note_dropped()
             raise
 
     def try_submit(self, item: Any, timeout: float | None) -> asyncio.Future[Any] | None:
@@ -182,8 +182,12 @@ class Batcher:
                 room -= 1
 
     def note_dropped(self, count: int = 1) -> None:
-        """Hints that ``count`` items were cancelled, so compacting a full queue may help."""
+        """Hints that ``count`` items were cancelled, so compacting a full queue may help;
+        callers waiting for room get the room those items leave, first come first served."""
         self._maybe_dropped += count
+        if self._space_waiters and count:
+            self._make_room()
+            self._wake_space_waiters()
 
     def _make_room(self) -> None:
         """Drops cancelled and expired items from the queue.
@@ -243,7 +247,7 @@ class Batcher:
         # Counted when the item leaves the queue or its batch, so the totals always add up.
         if not future.done():
             future.set_exception(self._timeout_error())
-            self._maybe_dropped += 1
+            self.note_dropped()
 
     # -- dispatch -------------------------------------------------------------------------
 

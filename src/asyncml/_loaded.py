@@ -184,6 +184,7 @@ class LoadedModel(Generic[In, Out]):
         """
         batcher = self._running()
         futures: list[asyncio.Future[Any]] = []
+        settled = 0  # futures[:settled] are done and succeeded
         try:
             for item in items:
                 try:
@@ -191,6 +192,8 @@ class LoadedModel(Generic[In, Out]):
                 except AsyncmlError as error:  # closed meanwhile: the item's outcome
                     future = _failed(error)
                 if future is None:
+                    if not return_exceptions:  # fail early, not after the whole input
+                        settled = _raise_first_failure(futures, settled)
                     future = await _submit_or_fail(batcher, item, timeout)
                 futures.append(future)
             results: list[Any] = []
@@ -298,6 +301,19 @@ async def _submit_or_fail(
         return await batcher.submit(item, timeout)
     except AsyncmlError as error:
         return _failed(error)
+
+
+def _raise_first_failure(futures: list[asyncio.Future[Any]], start: int) -> int:
+    """Raises the error of the first failed item if every item before it is done; returns
+    how many items from the start are done and succeeded."""
+    while start < len(futures) and futures[start].done():
+        future = futures[start]
+        error = None if future.cancelled() else future.exception()
+        if isinstance(error, AsyncmlError):
+            error.index = start
+            raise error
+        start += 1
+    return start
 
 
 def _failed(error: AsyncmlError) -> asyncio.Future[Any]:

@@ -376,9 +376,9 @@ def _print_summary(console: Console, summary: JobSummary) -> None:
         soft_wrap=True,
     )
     if summary.output != "-":
-        console.print(f"  output: {summary.output}", soft_wrap=True)
+        console.print(f"  output: {summary.output}", soft_wrap=True, markup=False)
     if summary.dead_letters:
-        console.print(f"  dead letters: {summary.dead_letters}", soft_wrap=True)
+        console.print(f"  dead letters: {summary.dead_letters}", soft_wrap=True, markup=False)
 
 
 def _fail(message: str, code: int) -> Any:

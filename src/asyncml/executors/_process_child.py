@@ -4,8 +4,9 @@ Messages from the parent: a batch (see ``_channel``), or ``None`` (close and exi
 Messages to the parent: ``("ready", shared)`` (whether the worker can map the parent's
 shared arrays, see ``_shared``) or ``("failed", error)`` after start-up, one
 outcome per batch, and ``("closed", error_or_none)`` before a clean exit.
-A parent that dies closes the pipe: the worker sees end-of-file and exits, so no worker
-outlives its parent.
+A parent that dies closes the pipe: the worker sees end-of-file and exits; a worker busy
+with a batch or in ``setup()`` notices within half a second (a thread watches its parent),
+so no worker outlives its parent.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import contextlib
 import os
 import pickle
 import signal
+import threading
+import time
 from collections.abc import Sequence
 from functools import partial
 from multiprocessing.connection import Connection
@@ -27,6 +30,9 @@ from ._channel import ParentGone, WorkerChannel
 from ._shared import readable_from
 from ._shm import sweep
 
+#: Seconds between a worker's checks that its parent still lives.
+PARENT_CHECK_S = 0.5
+
 
 def serve(conn: Connection, name: str, pickled_spec: bytes, threads: int | None) -> None:
     """Runs in the worker process until told to stop or orphaned.
@@ -39,6 +45,10 @@ def serve(conn: Connection, name: str, pickled_spec: bytes, threads: int | None)
     limit_pools_loaded_later(threads)
     limit = IntraOpLimit(threads)  # this whole process is the worker's: never released
     parent = os.getppid()
+    watch = threading.Thread(
+        target=_exit_with, args=(parent,), name="asyncml-parent-watch", daemon=True
+    )
+    watch.start()
     model: Model[Any, Any] | None = None
     try:
         spec: ModelSpec = pickle.loads(pickled_spec)
@@ -68,6 +78,17 @@ def serve(conn: Connection, name: str, pickled_spec: bytes, threads: int | None)
     except BaseException as exc:
         error = ModelError.from_exception(exc, model=spec.name)
     conn.send(("closed", error))
+
+
+def _exit_with(parent: int) -> None:
+    """Ends this worker soon after its parent dies, whatever it is doing: the pipe tells
+    only when next used, and a long batch or a hung ``setup()`` would keep an orphan (and
+    its shared memory) alive for as long as it runs."""
+    while True:
+        time.sleep(PARENT_CHECK_S)
+        if os.getppid() != parent:
+            sweep(parent)  # names the dead parent can no longer remove
+            os._exit(1)
 
 
 def _run(

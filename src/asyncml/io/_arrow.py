@@ -178,9 +178,10 @@ def _concrete(field: Any) -> Any:
 def _conform(table: Any, schema: Any) -> Any:
     import pyarrow as pa
 
+    present = set(table.column_names)  # a set: a wide table's columns are many
     columns = [
         _cast(table.column(f.name), f.type)
-        if f.name in table.column_names
+        if f.name in present
         else pa.nulls(table.num_rows, type=f.type)
         for f in schema
     ]

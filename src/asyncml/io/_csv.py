@@ -183,6 +183,9 @@ def _read_header(file: BinaryIO, block_bytes: int) -> tuple[list[str], int]:
         io.BytesIO(header), parse_options=csv.ParseOptions(newlines_in_values=True)
     )
     names: list[str] = table.column_names
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"the CSV header names {', '.join(map(repr, repeated))} more than once")
     return names, cut
 
 

@@ -32,7 +32,7 @@ from ._crash import CrashPoints
 from ._journal import Commit, Journal, remove_journal
 from ._ordered import Outcomes
 from ._parts import PartStore, sync_folder
-from ._rows import Items, dead_letter, to_records
+from ._rows import Items, dead_letter, encode_dead_letters, to_records
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +133,7 @@ class CommittedOutput:
         """Encodes one chunk's outcomes (the next rows of the input) for the next commit."""
         ok, dead = encode_chunk(items, outcomes, self._id_name, self._pending)
         if dead:
-            self._dead.append(encode_jsonl(dead)[0])
+            self._dead.append(encode_dead_letters(dead))
         self.tally = Tally(items.end_row, self.tally.ok + ok, self.tally.failed + len(dead))
         self._position = items.position
         self._uncommitted = True
@@ -237,7 +237,7 @@ class StreamedOutput:
         if dead:
             if self._dead_file is None:
                 self._dead_file = self._dead_path.open("wb")
-            self._dead_file.write(encode_jsonl(dead)[0])
+            self._dead_file.write(encode_dead_letters(dead))
         self.tally = Tally(items.end_row, self.tally.ok + ok, self.tally.failed + len(dead))
         return self.tally
 

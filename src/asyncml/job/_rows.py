@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._errors import AsyncmlError, ModelError
-from ..io import BAD_ROW, RowChunk
+from ..io import BAD_ROW, RowChunk, encode_jsonl
 from ..pipeline import StageError
 
 #: The output field of a prediction that is not a dict.
@@ -44,6 +44,27 @@ class Items:
 def dead_letter(row: int, ident: Any, stage: str, error: str, message: str) -> dict[str, Any]:
     """One dead-letter record: which row, its id if known, where and why it failed."""
     return {"row": row, "id": ident, "stage": stage, "error": error, "message": message}
+
+
+def encode_dead_letters(letters: list[dict[str, Any]]) -> bytes:
+    """Dead letters as JSON lines. Every one is written: an id or message that JSON cannot
+    hold (a Decimal or bytes id, a string that is not valid Unicode) goes as text."""
+    data, bad = encode_jsonl(letters)
+    if not bad:
+        return data
+    safe = [_json_safe(letter) if i in bad else letter for i, letter in enumerate(letters)]
+    return encode_jsonl(safe)[0]
+
+
+def _json_safe(letter: dict[str, Any]) -> dict[str, Any]:
+    safe = {}
+    for key, value in letter.items():
+        if not isinstance(value, str) and encode_jsonl([value])[1]:
+            value = repr(value)  # not JSON: its repr, which is text
+        if isinstance(value, str):  # a lone surrogate is no UTF-8: escaped
+            value = value.encode("utf-8", "backslashreplace").decode()
+        safe[key] = value
+    return safe
 
 
 def to_items(chunk: RowChunk, field: str | None, id_field: str | None) -> Items:

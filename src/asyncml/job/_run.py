@@ -27,7 +27,7 @@ from ._errors import InputError, JobError, TooManyFailures
 from ._fingerprint import describe_model
 from ._ordered import DEFAULT_MAX_IN_FLIGHT, Outcomes, ordered_outcomes
 from ._output import CommittedOutput, StreamedOutput, Tally
-from ._rows import DEFAULT_ID, Items, to_items
+from ._rows import DEFAULT_ID, PREDICTION, Items, to_items
 from ._sliced import SlicedModel, can_slice, decoded_outcomes, sliced_outcomes
 from ._start import JobPaths, Started, check_paths, start
 
@@ -144,6 +144,11 @@ async def run_job(
         SetupError: the model could not start.
     """
     _check_max_failures(max_failures)
+    if id_field == PREDICTION:
+        raise JobError(
+            f"--id-field {PREDICTION!r} would share its field with each row's prediction: "
+            "rename the input's field"
+        )
     loop = asyncio.get_running_loop()
     began = loop.time()
     paths = JobPaths.of(input_path, output_path, dead_letters=dead_letters, journal=journal)

@@ -20,7 +20,7 @@ from typing import Any, TypeVar, cast
 
 import numpy as np
 
-from .._batch import BatchOutcome, run_batch
+from .._batch import BatchOutcome, run_batch, stack_uniform
 from .._loaded import LoadedModel
 from .._model import Model, ModelSpec
 from ._decode import DecodedSlice, LineDecoder, append_outcome, combine
@@ -81,11 +81,21 @@ class SlicedModel(Model[list[Any], BatchOutcome | DecodedSlice]):
 def _compact(ran: BatchOutcome) -> BatchOutcome:
     """Numbers out of an array, as one array again: from a worker process, one buffer
     crosses instead of a pickled numpy scalar per row."""
-    values = ran.values
-    if ran.errors or len(values) == 0 or not isinstance(values[0], np.generic | np.ndarray):
+    values: Any = ran.values
+    if ran.errors or len(values) == 0 or isinstance(values, np.ndarray):
         return ran
-    stacked = np.asarray(values)
-    return ran if stacked.dtype == object else BatchOutcome(cast(Sequence[Any], stacked))
+    first = values[0]
+    if isinstance(first, np.generic):
+        # Only scalars of one numpy type: an array of mixed values would convert them
+        # (ints and floats to floats, anything with a string to strings).
+        kind = type(first)
+        if not all(type(value) is kind for value in values):
+            return ran
+        return BatchOutcome(cast(Sequence[Any], np.asarray(values)))
+    if isinstance(first, np.ndarray):
+        stacked = stack_uniform(values)
+        return ran if stacked is None else BatchOutcome(cast(Sequence[Any], stacked))
+    return ran
 
 
 async def sliced_outcomes(

@@ -150,14 +150,15 @@ def start(
     """Opens the job's output and journal, resuming or starting afresh.
 
     With ``resume`` and no journal, the job starts afresh (one command both starts a job
-    and continues it), unless the parts folder holds parts, which then belong to a
-    journal kept elsewhere.
+    and continues it). A parts folder that holds parts while there is no journal belongs
+    to a job whose journal is kept elsewhere: without ``force``, it is left alone and the
+    run refused.
 
     Raises:
         ResumeError: a journal exists without ``resume`` or ``force`` (also for a run that
             cannot journal: it would delete the unfinished job's parts), records another
             job, or lists missing parts; ``resume`` of a job that reads stdin or writes
-            stdout; ``resume`` with parts but no journal.
+            stdout; parts but no journal.
         OutputError: the parts folder or the journal cannot be written, or another run
             of the job holds them.
     """
@@ -216,10 +217,13 @@ def _open(
     if existed and force:
         remove_journal(journal_path)
         existed = False
-    if not existed and resume and any(parts.folder.iterdir()):
+    if not existed and not force and any(parts.folder.iterdir()):
+        # Parts of a job whose journal is kept elsewhere (--journal): never this run's to
+        # delete, nor to resume from.
         raise ResumeError(
-            f"cannot resume: {str(parts.folder)!r} holds parts, but there is no journal at "
-            f"{str(journal_path)!r}; give the job's --journal, or use --force to start over"
+            f"cannot {'resume' if resume else 'start'}: {str(parts.folder)!r} holds parts, "
+            f"but there is no journal at {str(journal_path)!r}; give the job's --journal, "
+            "or use --force to discard them"
         )
     if not use_journal:
         if existed:

@@ -272,9 +272,12 @@ def output_tensors(
     """
     if all(isinstance(output, dict) for output in outputs):
         names = list(outputs[0])
-        if any(list(output) != names for output in outputs):
+        keys = set(names)
+        if any(output.keys() != keys for output in outputs):  # in any order
             raise Problem(500, "bad_output", "the model's outputs have different keys per item")
-        tensors = {name: _stack([output[name] for output in outputs], name) for name in names}
+        tensors = {
+            str(name): _stack([output[name] for output in outputs], str(name)) for name in names
+        }
     else:
         name = requested[0].name if len(requested) == 1 else DEFAULT_OUTPUT
         tensors = {name: _stack(outputs, name)}
