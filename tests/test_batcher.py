@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -351,7 +352,8 @@ async def test_items_refused_by_a_closing_model_are_reported_in_their_places(how
     results = await running
     closed = [r for r in results if isinstance(r, asyncml.Closed)]
     assert closed
-    assert len(results) == 10
+    # map answers every item; as_completed stops taking items at the first refusal.
+    assert len(results) == 10 if how == "map" else len(closed) == 1
     assert all(isinstance(error.index, int) for error in closed)
 
 
@@ -387,12 +389,39 @@ async def test_map_over_more_items_than_fit_stops_at_the_first_failure() -> None
     assert len(model.seen) < 20  # not the whole input
 
 
+async def test_as_completed_stops_taking_items_once_the_model_closed() -> None:
+    pulled = 0
+
+    def endless() -> Iterator[int]:
+        nonlocal pulled
+        for i in itertools.count():
+            pulled += 1
+            yield i
+
+    model = GatedModel()
+    async with asyncml.load(model, max_queue=4) as m:
+        results = asyncio.ensure_future(_collect(m.as_completed(endless(), return_exceptions=True)))
+        await until(lambda: pulled > 8)
+    got = await results
+    assert isinstance(got[-1], asyncml.Closed)
+    assert sum(isinstance(r, asyncml.Closed) for r in got) == 1
+    assert pulled == len(got)
+
+
+async def test_a_huge_max_batch_size_costs_nothing_up_front() -> None:
+    async with asyncml.load(GatedModel(), max_batch_size=10**12) as m:
+        assert await m(1) == ("out", 1)
+        assert m.statistics().batch_sizes == {1: 1}
+
+
 async def test_a_nan_timeout_is_refused() -> None:
     async with asyncml.load(GatedModel()) as m:
         with pytest.raises(ValueError, match="timeout must be a number of seconds, got nan"):
             await m(1, timeout=float("nan"))
         with pytest.raises(TypeError, match="timeout must be a number of seconds, got '5'"):
             await m(1, timeout="5")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="got True"):
+            await m(1, timeout=True)
     with pytest.raises(ValueError, match="timeout must be a number of seconds > 0"):
         asyncml.load(GatedModel(), timeout="5")  # type: ignore[call-overload]
 

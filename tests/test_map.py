@@ -91,8 +91,14 @@ async def test_map_refuses_async_functions_and_bad_sizes_at_once() -> None:
     async def fetch(x: int) -> int:
         return x
 
+    class Scorer:
+        async def __call__(self, x: int) -> int:
+            return x
+
     with pytest.raises(TypeError, match="'fetch' is an async function"):
         asyncml.map(fetch, [1], executor="thread")
+    with pytest.raises(TypeError, match="'Scorer' is an async function"):
+        asyncml.map(Scorer(), [1], executor="thread")
     with pytest.raises(ValueError, match="chunk_size must be an int >= 1, got 0"):
         asyncml.map(models.square, [1], chunk_size=0)
     with pytest.raises(ValueError, match="max_in_flight must be an int >= 1, got -1"):

@@ -72,7 +72,7 @@ class Batcher:
         self._timed_out = self._cancelled = 0
         self._in_flight = 0
         self._batches = 0
-        self._sizes = [0] * (self._max_batch + 1)
+        self._sizes: dict[int, int] = {}  # batch size -> batches, sparse: sizes may be huge
         self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
         self._grouper = Grouper(grouping) if grouping is not None else None
 
@@ -216,6 +216,8 @@ class Batcher:
             if timeout is None:
                 return _NO_DEADLINE
         try:
+            if isinstance(timeout, bool):  # True is not a number of seconds
+                raise TypeError
             deadline = self._loop.time() + timeout
         except TypeError:
             raise TypeError(f"timeout must be a number of seconds, got {timeout!r}") from None
@@ -273,7 +275,7 @@ class Batcher:
             self._free -= 1
             self._in_flight += len(live)
             self._batches += 1
-            self._sizes[len(live)] += 1
+            self._sizes[len(live)] = self._sizes.get(len(live), 0) + 1
             self._executor.submit(items, partial(self._complete, live))
         if self._space_waiters:
             self._wake_space_waiters()
@@ -433,7 +435,7 @@ class Batcher:
             queued=len(self._queue),
             in_flight=self._in_flight,
             batches=self._batches,
-            batch_sizes={size: n for size, n in enumerate(self._sizes) if n},
+            batch_sizes=dict(sorted(self._sizes.items())),
             latency=LatencySummary.of(self._latencies),
             worker_restarts=getattr(self._executor, "restarts", 0),
             broken=self._executor.broken is not None,

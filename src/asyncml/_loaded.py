@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import Any, Generic, Literal, overload
 
 from ._batcher import Batcher
-from ._errors import AsyncmlError
+from ._errors import AsyncmlError, Closed
 from ._grouping import Grouping
 from ._model import In, Model, ModelSpec, Out, grouping_defaults, model_spec
 from ._stats import ModelStatistics
@@ -110,6 +110,8 @@ class LoadedModel(Generic[In, Out]):
 
     def _running(self) -> Batcher:
         if self._batcher is None:
+            if self._entered:  # its start failed
+                raise Closed(f"model {self.name!r} failed to start", model=self.name)
             raise RuntimeError(f"model {self.name!r} is not running: use 'async with'")
         return self._batcher
 
@@ -241,6 +243,9 @@ class LoadedModel(Generic[In, Out]):
         contextlib.aclosing(...)`` block, or its garbage collection after ``break``) cancels
         the outstanding items.
 
+        Once the model has closed, the item it refused (with :class:`Closed`) is the last
+        one taken from ``items``.
+
         Raises:
             AsyncmlError: a failed item's error (its ``index`` set), unless
                 ``return_exceptions``, which yields ``(index, error)`` instead.
@@ -282,6 +287,12 @@ class LoadedModel(Generic[In, Out]):
                     future = await _submit_or_fail(batcher, item, timeout)
                 outstanding[index] = future
                 future.add_done_callback(partial(on_done, index))
+                if (
+                    future.done()
+                    and not future.cancelled()
+                    and isinstance(future.exception(), Closed)
+                ):
+                    break  # no later item can run: do not drain an endless input
             while outstanding:
                 yield await next_finished()
         finally:

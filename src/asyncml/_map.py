@@ -44,7 +44,8 @@ class MapRun(Generic[R]):
         total: int | None,
     ):
         self._name = getattr(fn, "__name__", type(fn).__name__)
-        if inspect.iscoroutinefunction(fn):
+        call = getattr(fn, "__call__", None)  # noqa: B004 - an async __call__ counts too
+        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call):
             raise TypeError(
                 f"{self._name!r} is an async function: asyncml.map runs functions on worker "
                 "threads or processes; await it in an asyncml.Pipeline stage instead"

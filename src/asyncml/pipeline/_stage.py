@@ -46,11 +46,12 @@ class Stage:
             model = PerItem(_Listed(model) if self.flat else model, self.name)
         executor, workers = self.executor, self.workers
         if executor == "process" and self.timeout is not None:
-            # A batch running past what all its items' deadlines allow holds a hung item:
-            # its worker is killed (and the batch handled as a crash), else the stage
-            # could never finish.
-            bound = self.timeout * self.batch_size
-            executor, workers = ProcessExecutor(workers or 1, execution_timeout=bound), None
+            # Items are queued before their batch starts, so once a batch has run for
+            # `timeout`, every item of it has passed its deadline: its answer would reach
+            # no one, and a hung item would keep the stage from ever finishing. Its worker
+            # is killed (and the batch handled as a crash).
+            timed = ProcessExecutor(workers or 1, execution_timeout=self.timeout)
+            executor, workers = timed, None
         return load(
             model,
             executor=executor,
