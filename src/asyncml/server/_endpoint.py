@@ -70,6 +70,7 @@ class Endpoint:
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()
+        self._models.abandoned = True
         message = "the server stopped before this request finished"
         headers = retry_after(self._retry_seconds)
         return problem_reply(Problem(503, "unavailable", message, headers=headers))

@@ -17,7 +17,7 @@ import asyncio
 import copy
 import enum
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from .._errors import AsyncmlError, Closed, SetupError
 from ..pipeline import StageError
@@ -111,8 +111,10 @@ class ServedModel:
             self.error = copy.copy(error)
             self.error.index = None  # the model's error, not one item's
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Loads the model, serves it until ``stop`` is set, then drains and closes it."""
+    async def run(self, stop: asyncio.Event, abandoned: Callable[[], bool]) -> None:
+        """Loads the model, serves it until ``stop`` is set, then drains and closes it;
+        if the server gave up on requests (``abandoned()``), closes it without draining:
+        their items are answered by no one, and the shutdown timeout is over."""
         try:
             async with self.model:
                 self.started = True
@@ -121,6 +123,10 @@ class ServedModel:
                 await stop.wait()
                 if self._state is State.READY:
                     self._state = State.STOPPING
+                if abandoned():
+                    raise _Abandoned
+        except _Abandoned:
+            pass
         except AsyncmlError as error:  # setup() failed, or so did close()
             if self._state is State.LOADING:
                 self._state, self.error = State.FAILED, error
@@ -157,6 +163,10 @@ class ServedModel:
             raise Closed(message, model=self.name)
 
 
+class _Abandoned(Exception):
+    """Leaves a served model's block so that it closes without draining."""
+
+
 def _stopped(name: str, failure: AsyncmlError) -> Closed:
     """The error of a pipeline whose run broke, as its calls get it."""
     return Closed(f"pipeline {name!r} stopped: {failure}", model=name)
@@ -182,6 +192,9 @@ class Models:
         #: The server is stopping: a request it cancels is answered 503 (see
         #: ``ServingApp.note_server_stopping``).
         self.stopping = False
+        #: The stopping server gave up on requests still running: the models then close
+        #: without draining what no one awaits.
+        self.abandoned = False
 
     def __iter__(self) -> Iterator[ServedModel]:
         return iter(self._by_name.values())
@@ -209,7 +222,7 @@ class Models:
         """Loads every model concurrently and serves them until ``stop`` is set."""
         async with asyncio.TaskGroup() as group:
             for served in self:
-                group.create_task(served.run(stop))
+                group.create_task(served.run(stop, lambda: self.abandoned))
 
     async def wait_ready(self) -> None:
         """Returns once every model is ready (see :meth:`ServedModel.wait_ready`)."""
