@@ -342,6 +342,18 @@ async def test_a_rate_limit_spaces_starts_on_the_loop_clock(clock: FakeClockLoop
     assert starts == [0.0, 0.0, 0.25, 0.5, 0.75, 1.0]
 
 
+async def test_a_rate_limit_spaces_the_starts_of_sync_stages_too(clock: FakeClockLoop) -> None:
+    starts: list[float] = []
+
+    def call(item: int) -> int:
+        starts.append(clock.time())
+        return item
+
+    limited = inline(call, rate=asyncml.RateLimit(per_second=4, burst=2))
+    await Pipeline(limited).run(range(6))
+    assert starts == [0.0, 0.0, 0.5, 0.5, 1.0, 1.0]  # bursts of 2, 4 a second
+
+
 async def test_a_model_stage_batches_items_from_all_its_feeders() -> None:
     sizes: list[int] = []
 

@@ -38,10 +38,12 @@ class TokenBucket:
         self._next_free = -float("inf")  # the theoretical arrival time of the next item
 
     def reserve(self, now: float, count: int = 1) -> float:
-        """Books ``count`` items; returns how long to wait before starting them."""
+        """Books ``count`` items (at most the burst); returns how long to wait before
+        starting them all at once: until the last of them may start."""
         arrival = max(self._next_free, now)
         self._next_free = arrival + count * self._interval
-        return max(0.0, arrival - self._tolerance - now)
+        last = arrival + (count - 1) * self._interval
+        return max(0.0, last - self._tolerance - now)
 
     async def acquire(self, count: int = 1) -> None:
         delay = self.reserve(asyncio.get_running_loop().time(), count)

@@ -115,6 +115,12 @@ class StageRun:
 
     # -- workers ---------------------------------------------------------------------------
 
+    def _rated(self, size: int) -> int:
+        """How many items a worker takes at once: with a rate limit, at most its burst,
+        since a chunk's items start together."""
+        rate = self.stage.rate
+        return size if rate is None else min(size, rate.burst)
+
     async def _async_worker(self) -> None:
         fn, timeout, flat = self.stage.fn, self.stage.timeout, self.stage.flat
         while chunk := await self._take(1):
@@ -137,7 +143,7 @@ class StageRun:
 
     async def _inline_worker(self) -> None:
         fn, flat = self.stage.fn, self.stage.flat
-        while chunk := await self._take(256):
+        while chunk := await self._take(self._rated(256)):
             if self._bucket is not None:
                 await self._bucket.acquire(len(chunk))
             results: list[Any] = []
@@ -159,7 +165,7 @@ class StageRun:
         assert model is not None, "pool stages run with their model loaded"
         # A batched flat stage's outputs are listed here; per-item ones, in the worker.
         to_list = self.stage.flat and self.stage.batched
-        while chunk := await self._take(self.stage.batch_size):
+        while chunk := await self._take(self._rated(self.stage.batch_size)):
             if self._bucket is not None:
                 await self._bucket.acquire(len(chunk))
             outcomes = await model.map([item[2] for item in chunk], return_exceptions=True)
