@@ -152,6 +152,17 @@ def test_a_csv_value_that_is_not_utf8_fails_its_row_alone(tmp_path: Path) -> Non
     assert chunk.bad[10].error == "CSVRowError"
 
 
+def test_nanosecond_times_in_parquet_are_read_to_the_microsecond(tmp_path: Path) -> None:
+    import datetime
+
+    path = tmp_path / "times.parquet"
+    nanoseconds = [1_577_934_245_000_001_001, 1_577_934_245_000_002_999]
+    pq.write_table(pa.table({"t": pa.array(nanoseconds, pa.timestamp("ns"))}), path)
+    rows = rows_of(read_all(open_source(path)))
+    assert [row["t"].microsecond for row in rows] == [1, 2]
+    assert isinstance(rows[0]["t"], datetime.datetime)
+
+
 def test_a_jsonl_byte_order_mark_is_not_part_of_the_first_row(tmp_path: Path) -> None:
     path = tmp_path / "bom.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + b'{"v": 0}\n{"v": 1}\n')

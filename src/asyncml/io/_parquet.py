@@ -1,4 +1,7 @@
-"""Parquet: read in record batches; a resumed read starts at the row group holding its row."""
+"""Parquet: read in record batches; a resumed read starts at the row group holding its row.
+
+Nanosecond times are read to the microsecond, as Python's datetime holds them.
+"""
 
 from __future__ import annotations
 
@@ -57,9 +60,35 @@ class ParquetSource:
             if batch.num_rows:
                 first = self._position
                 self._position += batch.num_rows
-                return RowChunk(first, batch.to_pylist(), self._position)
+                return RowChunk(first, _to_microseconds(batch).to_pylist(), self._position)
         return None
 
     def close(self) -> None:
         """Closes the file."""
         self._file.close()
+
+
+def _to_microseconds(batch: Any) -> Any:
+    """``batch`` with nanosecond times and durations cut to microseconds: Python's datetime
+    and timedelta hold no finer, and pyarrow turns finer ones into pandas objects only."""
+    import pyarrow as pa
+
+    columns = batch.columns
+    changed = False
+    for index, column in enumerate(columns):
+        kind = column.type
+        if getattr(kind, "unit", None) != "ns":
+            continue
+        if pa.types.is_timestamp(kind):
+            finer = pa.timestamp("us", kind.tz)
+        elif pa.types.is_duration(kind):
+            finer = pa.duration("us")
+        elif pa.types.is_time64(kind):
+            finer = pa.time64("us")
+        else:
+            continue
+        columns[index] = column.cast(finer, safe=False)
+        changed = True
+    if not changed:
+        return batch
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
