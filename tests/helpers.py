@@ -1,9 +1,10 @@
-"""Models for tests whose batches are observed and released by the test itself."""
+"""Models and sources for tests whose batches are observed and released by the test itself."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+import itertools
+from collections.abc import Collection, Iterator
 from typing import Any
 
 
@@ -47,3 +48,15 @@ async def until(predicate: Any, *, limit: int = 10_000) -> None:
             return
         await asyncio.sleep(0)
     raise AssertionError("condition never held")
+
+
+class Endless:
+    """The numbers 0, 1, 2, ... without end, counting how many were taken (``pulled``)."""
+
+    def __init__(self) -> None:
+        self.pulled = 0
+
+    def __iter__(self) -> Iterator[int]:
+        for number in itertools.count():
+            self.pulled += 1
+            yield number

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +13,7 @@ import pytest
 import asyncml
 from asyncml.executors import InlineExecutor
 from tests.fakeclock import FakeClockLoop
-from tests.helpers import GatedModel, until
+from tests.helpers import Endless, GatedModel, until
 
 
 async def test_a_lone_call_is_dispatched_at_once() -> None:
@@ -390,22 +389,15 @@ async def test_map_over_more_items_than_fit_stops_at_the_first_failure() -> None
 
 
 async def test_as_completed_stops_taking_items_once_the_model_closed() -> None:
-    pulled = 0
-
-    def endless() -> Iterator[int]:
-        nonlocal pulled
-        for i in itertools.count():
-            pulled += 1
-            yield i
-
+    endless = Endless()
     model = GatedModel()
     async with asyncml.load(model, max_queue=4) as m:
-        results = asyncio.ensure_future(_collect(m.as_completed(endless(), return_exceptions=True)))
-        await until(lambda: pulled > 8)
+        results = asyncio.ensure_future(_collect(m.as_completed(endless, return_exceptions=True)))
+        await until(lambda: endless.pulled > 8)
     got = await results
     assert isinstance(got[-1], asyncml.Closed)
     assert sum(isinstance(r, asyncml.Closed) for r in got) == 1
-    assert pulled == len(got)
+    assert endless.pulled == len(got)
 
 
 async def test_a_huge_max_batch_size_costs_nothing_up_front() -> None:

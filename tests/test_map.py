@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
-from collections.abc import Iterator
 
 import pytest
 
 import asyncml
 from asyncml.pipeline import LogProgress
 from tests import process_models as models
+from tests.helpers import Endless
 
 
 async def test_awaiting_gives_every_result_in_order() -> None:
@@ -26,23 +25,16 @@ async def test_as_completed_gives_every_result_once() -> None:
 
 
 async def test_an_endless_input_is_pulled_only_as_results_are_taken() -> None:
-    pulled = 0
-
-    def endless() -> Iterator[int]:
-        nonlocal pulled
-        for i in itertools.count():
-            pulled += 1
-            yield i
-
+    endless = Endless()
     taken = []
-    run = asyncml.map(models.square, endless(), executor="thread", max_in_flight=16)
+    run = asyncml.map(models.square, endless, executor="thread", max_in_flight=16)
     async with contextlib.aclosing(run.__aiter__()) as results:
         async for result in results:
             taken.append(result)
             if len(taken) == 100:
                 break
     assert taken == [x * x for x in range(100)]
-    assert pulled <= 100 + 16
+    assert endless.pulled <= 100 + 16
 
 
 async def test_a_failing_item_fails_alone_and_nothing_runs_twice() -> None:
