@@ -87,7 +87,7 @@ class ModelError(AsyncmlError):
     def _context(self) -> dict[str, Any]:
         return {
             **super()._context(),
-            "cause": self.cause if _pickles(self.cause) else None,
+            "cause": self.cause if round_trips(self.cause) else None,
             "cause_type": self.cause_type,
             "cause_message": self.cause_message,
         }
@@ -163,7 +163,7 @@ class Closed(AsyncmlError):
     """The model was closed (or is closing) before this item could run."""
 
 
-def _pickles(obj: object) -> bool:
+def round_trips(obj: object) -> bool:
     """Whether ``obj`` survives a pickle round trip: an exception whose ``__init__`` takes
     other arguments than its ``args`` pickles, but does not unpickle."""
     if obj is None:

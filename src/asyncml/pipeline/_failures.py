@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from .._errors import AsyncmlError, ModelError, _pickles
+from .._errors import AsyncmlError, ModelError, round_trips
 
 #: Dead letters a summary keeps for inspection; all of them reach the sink.
 KEPT_IN_SUMMARY = 100
@@ -55,18 +55,18 @@ class DeadLetter:
 
     def to_json(self) -> bytes:
         """One JSON line; an item JSON cannot hold is written as its ``repr``."""
-        fields = {name: getattr(self, name) for name in _FIELDS}  # no deep copy of the item
+        record = {name: getattr(self, name) for name in _FIELDS}  # no deep copy of the item
         try:
-            return orjson.dumps(fields, default=repr, option=_JSON_OPTIONS)
+            return orjson.dumps(record, default=repr, option=_JSON_OPTIONS)
         except TypeError:  # e.g. an int past 64 bits somewhere inside the item
-            fields["item"] = repr(self.item)
-            return orjson.dumps(fields, default=repr, option=_JSON_OPTIONS)
+            record["item"] = repr(self.item)
+            return orjson.dumps(record, default=repr, option=_JSON_OPTIONS)
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # Crossing to another process (in a PipelineFailed, say), an item that does not
         # pickle (a lock, a generator) travels as its repr.
         values = [getattr(self, name) for name in _FIELDS]
-        if not _pickles(self.item):
+        if not round_trips(self.item):
             values[_FIELDS.index("item")] = repr(self.item)
         return type(self), tuple(values)
 
