@@ -140,6 +140,8 @@ async def test_near_misses_of_the_inference_paths_get_404_and_other_methods_405(
             "/v2/models/double/versions/2/infer", json={"inputs": []}
         )
         assert (status, error["type"]) == (404, "model_not_found")
+        assert running.status_count("-", "unrouted", 405) == 1
+        assert running.status_count("-", "unrouted", 404) == 5
 
 
 async def test_a_bad_timeout_header_is_422_naming_the_header() -> None:

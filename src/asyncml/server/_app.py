@@ -14,7 +14,7 @@ from starlette.routing import BaseRoute, Route
 
 from .._looplag import LoopLagMonitor
 from . import _health, _v1, _v2
-from ._endpoint import Endpoint, Handler
+from ._endpoint import NO_MODEL, Endpoint, Handler
 from ._http import Receive, Scope, Send
 from ._metrics import RequestMetrics, ServerCollector, new_registry
 from ._models import Models
@@ -175,10 +175,13 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
-    """Starlette's own 404 and 405, in the same JSON shape as every other error."""
+    """Starlette's own 404 and 405, in the same JSON shape as every other error, and
+    counted (with no duration: the router answered at once) as ``endpoint="unrouted"``."""
     assert isinstance(exc, HTTPException)
     kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     problem = Problem(exc.status_code, kind, str(exc.detail))
+    if isinstance(request.app, ServingApp):
+        request.app.request_metrics.record(NO_MODEL, "unrouted", exc.status_code, 0.0)
     return Response(problem.body(), exc.status_code, exc.headers, "application/json")
 
 

@@ -12,8 +12,8 @@ from ._problems import invalid
 TIMEOUT_HEADER = b"x-request-timeout"
 
 
-def seconds(value: Any, field: str) -> float | None:
-    """``value`` as a timeout in seconds (``None`` stays ``None``).
+def seconds(value: Any, field: str, unit: str = "seconds") -> float | None:
+    """``value`` as a timeout in ``unit`` (``None`` stays ``None``).
 
     Raises:
         Problem: 422 unless it is a finite number > 0.
@@ -21,9 +21,9 @@ def seconds(value: Any, field: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise invalid(field, f"must be a number of seconds, not {value!r}")
+        raise invalid(field, f"must be a number of {unit}, not {value!r}")
     if not 0 < value < math.inf:
-        raise invalid(field, f"must be a finite number of seconds > 0, not {value!r}")
+        raise invalid(field, f"must be a finite number of {unit} > 0, not {value!r}")
     return float(value)
 
 

@@ -103,7 +103,7 @@ def decode_request(document: Any, binary: bytes, max_items: int) -> InferRequest
     else:
         items = [{name: array[row] for name, array in tensors.items()} for row in range(count)]
     timeout_us = parameters.get("timeout")
-    timeout = seconds(timeout_us, "parameters.timeout")
+    timeout = seconds(timeout_us, "parameters.timeout", "microseconds")
     return InferRequest(
         request_id,
         items,
