@@ -67,7 +67,10 @@ def test_an_instance_is_a_template_copied_per_worker() -> None:
     ("options", "message"),
     [
         ({"max_batch_size": 0}, "max_batch_size must be an int >= 1, got 0"),
+        ({"max_batch_size": True}, "max_batch_size must be an int >= 1, got True"),
         ({"max_wait": -1}, "max_wait must be a finite number"),
+        ({"max_wait": True}, "max_wait must be a finite number"),
+        ({"name": 5}, "name must be a non-empty string, got 5"),
         ({"collate": "concat"}, "collate must be one of"),
     ],
 )

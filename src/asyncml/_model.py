@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
@@ -166,10 +167,13 @@ def model_spec(
 
 
 def _validate(spec: ModelSpec) -> None:
-    if not isinstance(spec.max_batch_size, int) or spec.max_batch_size < 1:
-        raise ValueError(f"max_batch_size must be an int >= 1, got {spec.max_batch_size!r}")
-    if not isinstance(spec.max_wait, int | float) or not 0 <= spec.max_wait < float("inf"):
-        raise ValueError(f"max_wait must be a finite number of seconds >= 0, got {spec.max_wait!r}")
+    size, wait = spec.max_batch_size, spec.max_wait
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"max_batch_size must be an int >= 1, got {size!r}")
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait < math.inf:
+        raise ValueError(f"max_wait must be a finite number of seconds >= 0, got {wait!r}")
+    if not isinstance(spec.name, str) or not spec.name:
+        raise ValueError(f"name must be a non-empty string, got {spec.name!r}")
     if spec.collate not in _COLLATES:
         raise ValueError(f"collate must be one of {_COLLATES}, got {spec.collate!r}")
 
