@@ -6,6 +6,7 @@ shares with process workers is in ``test_ray_crash_contract``."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import signal
 import threading
@@ -224,3 +225,39 @@ async def test_batches_spread_over_the_nodes_of_a_cluster(ray_cluster: Any) -> N
 
 async def _concurrently(call: Callable[[int], Awaitable[Any]], count: int) -> list[Any]:
     return list(await asyncio.gather(*(call(i) for i in range(count))))
+
+
+def test_models_starting_together_share_the_ray_asyncml_starts() -> None:
+    """The bookkeeping of a Ray that asyncml starts (a stand-in for the ray module, which
+    records its calls: a second real Ray cannot start beside the tests' own)."""
+    from asyncml.executors._ray import _StartedRay
+
+    class RayModule:
+        def __init__(self) -> None:
+            self.running = False
+            self.calls: list[str] = []
+
+        def is_initialized(self) -> bool:
+            return self.running
+
+        def init(self, **options: Any) -> None:
+            assert not self.running, "ray.init twice"
+            self.running = True
+            self.calls.append("init")
+
+        def shutdown(self) -> None:
+            self.running = False
+            self.calls.append("shutdown")
+
+    ray, started = RayModule(), _StartedRay()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        shares = list(pool.map(lambda _: started.join(ray, None, {}), range(4)))
+    assert shares == [True] * 4
+    assert ray.calls == ["init"]
+    for _ in range(3):
+        started.leave(ray)
+    assert ray.calls == ["init"]  # one model still runs on it
+    started.leave(ray)
+    assert ray.calls == ["init", "shutdown"]
+    ray.running = True  # a Ray of the user's: used, never shut down by asyncml
+    assert started.join(ray, None, {}) is False

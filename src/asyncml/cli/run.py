@@ -30,6 +30,7 @@ from .._ref import RefError, resolve
 from ..job import JobError, JobProgress, JobSummary, TooManyFailures, run_job
 from ..job._run import DEFAULT_COMMIT_ROWS
 from ._app import main
+from ._options import MAX_WORKERS, Finite, count, one_line
 from ._ray import RayUnavailable, file_modules, ray_for
 
 EXIT_FAILURES = 1
@@ -97,13 +98,13 @@ def _max_failures(_ctx: click.Context, _param: click.Parameter, value: str | Non
 )
 @click.option(
     "--workers",
-    type=click.IntRange(min=1),
+    type=count(MAX_WORKERS),
     metavar="N",
     help="Workers running the model (default 1; with --executor process, one per core).",
 )
 @click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
+    type=count(),
     metavar="N",
     help="Largest batch per model call (default: the model's).",
 )
@@ -130,21 +131,22 @@ def _max_failures(_ctx: click.Context, _param: click.Parameter, value: str | Non
 )
 @click.option(
     "--commit-every",
-    type=click.IntRange(min=1),
+    type=count(),
     default=DEFAULT_COMMIT_ROWS,
     show_default=True,
     metavar="N",
-    help="Commit at least every N rows (and every 10 seconds).",
+    help="Commit at least every N rows (and every 10 seconds), as chunks complete: for a slow "
+    "model, lower --chunk-size too.",
 )
 @click.option(
     "--chunk-size",
-    type=click.IntRange(min=1),
+    type=count(),
     metavar="N",
     help="Bytes (JSONL, CSV) or rows (Parquet) read at a time (default 1 MiB, 8192 rows).",
 )
 @click.option(
     "--progress-interval",
-    type=click.FloatRange(min=0),
+    type=Finite(min=0),
     default=DEFAULT_PROGRESS_INTERVAL,
     show_default=True,
     metavar="SECONDS",
@@ -382,5 +384,5 @@ def _print_summary(console: Console, summary: JobSummary) -> None:
 
 
 def _fail(message: str, code: int) -> Any:
-    click.echo(f"asyncml run: error: {message}", err=True)
+    click.echo(f"asyncml run: error: {one_line(message)}", err=True)
     raise click.exceptions.Exit(code)

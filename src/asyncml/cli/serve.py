@@ -21,6 +21,7 @@ from .._loaded import LoadedModel, load
 from .._ref import RefError, resolve
 from ..pipeline import Pipeline, PipelineService
 from ._app import main
+from ._options import MAX_WORKERS, Finite, count, one_line
 from ._ray import RayUnavailable, file_modules, ray_for
 
 EXIT_FAILED = 1
@@ -68,42 +69,42 @@ class _OneLineErrors(click.Command):
     metavar="ADDR",
     help="With --executor ray: the Ray cluster to run on (default: a local Ray).",
 )
-@click.option("--workers", type=click.IntRange(min=1), help="Workers per model (default 1).")
+@click.option("--workers", type=count(MAX_WORKERS), help="Workers per model (default 1).")
 @click.option(
     "--max-batch-size",
-    type=click.IntRange(min=1),
+    type=count(),
     help="Most items per batch (default: the model's).",
 )
 @click.option(
     "--max-wait",
-    type=click.FloatRange(min=0),
+    type=Finite(min=0),
     metavar="S",
     help="Seconds a free worker may hold a partial batch while others run (default: the model's).",
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Finite(min=0, min_open=True),
     metavar="S",
     help="Default deadline of each item, in seconds (default: none); requests may set a "
     "tighter one.",
 )
 @click.option(
     "--max-queue",
-    type=click.IntRange(min=1),
+    type=count(),
     metavar="N",
     help="Items queued per model (or inside a pipeline) before requests are refused with 503 "
     "(default 1024).",
 )
 @click.option(
     "--max-body-mib",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Finite(min=0, min_open=True),
     default=16.0,
     show_default=True,
     help="Largest request body, in MiB (larger: 413).",
 )
 @click.option(
     "--shutdown-timeout",
-    type=click.FloatRange(min=0),
+    type=Finite(min=0),
     default=30.0,
     show_default=True,
     metavar="S",
@@ -264,5 +265,5 @@ async def _serve(app: Any, **options: Any) -> None:
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"asyncml serve: error: {message}", err=True)
+    click.echo(f"asyncml serve: error: {one_line(message)}", err=True)
     raise click.exceptions.Exit(code)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,37 @@ _PUT_IN_THREAD_BYTES = 1 << 20
 _WORKER = "a Ray actor"
 #: Seconds an actor's model has to close() before the actor is killed.
 _CLOSE_GRACE = 10.0
+
+
+class _StartedRay:
+    """The Ray this process started for its executors, shared by them: the last to close
+    shuts it down (two models starting at once would otherwise each start one)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+
+    def join(self, ray: Any, address: str | None, options: dict[str, Any]) -> bool:
+        """Starts Ray unless this process is connected to one; True if the caller now
+        holds a share of a Ray that asyncml started (blocks: call it in a thread)."""
+        with self._lock:
+            if not ray.is_initialized():
+                ray.init(address=address, **options)
+                self._users = 0
+            elif self._users == 0:
+                return False  # the user's own Ray
+            self._users += 1
+            return True
+
+    def leave(self, ray: Any) -> None:
+        """Gives a share back; the last one shuts Ray down (blocks: call it in a thread)."""
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                ray.shutdown()
+
+
+_STARTED_RAY = _StartedRay()
 
 
 @dataclass(slots=True, eq=False)
@@ -226,7 +258,8 @@ class RayExecutor(Executor):
         await wait_shielded(drivers)
         await self._kill(list(self._live))  # none, unless a driver failed
         if self._owns_ray:
-            await asyncio.to_thread(self._ray.shutdown)
+            self._owns_ray = False
+            await asyncio.to_thread(_STARTED_RAY.leave, self._ray)
         drivers.result()  # a driver's own failure (its part has failed already)
         if self._close_errors:
             name = self._spec.name if self._spec else "?"
@@ -241,9 +274,7 @@ class RayExecutor(Executor):
             raise ImportError("executor='ray' needs Ray: pip install ray") from None
 
         self._ray = ray
-        if not ray.is_initialized():
-            ray.init(address=self._address, **self._init_options)
-            self._owns_ray = True
+        self._owns_ray = _STARTED_RAY.join(ray, self._address, self._init_options)
         options: dict[str, Any] = {
             "num_cpus": self._num_cpus,
             "num_gpus": self._num_gpus,
@@ -300,7 +331,7 @@ class RayExecutor(Executor):
         await self._kill(list(self._live))
         if self._owns_ray:
             self._owns_ray = False
-            await asyncio.to_thread(self._ray.shutdown)
+            await asyncio.to_thread(_STARTED_RAY.leave, self._ray)
 
     # -- drivers: one task per actor -----------------------------------------------------------
 
