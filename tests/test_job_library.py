@@ -55,6 +55,59 @@ async def test_a_running_model_can_be_passed_and_the_journal_left_out(tmp_path: 
     assert left == ["in.jsonl", "out.csv"]
 
 
+async def slow_triple(batch: list[Any]) -> list[Any]:
+    await asyncio.sleep(0.002 * len(batch))  # 500 rows a second
+    return [{"x3": 3 * row["x"]} for row in batch]
+
+
+async def test_chunks_start_small_for_a_model_that_is_slow(tmp_path: Path) -> None:
+    """Commits cover whole chunks: a slow model must not get a megabyte of rows at once."""
+    given, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    pad = "p" * 90
+    lines = [b'{"x": %d, "pad": "%s"}' % (i, pad.encode()) for i in range(3_000)]  # 300 KB
+    await asyncio.to_thread(write_jsonl, given, lines)
+    seen: list[JobProgress] = []
+    three = asyncio.Event()
+
+    def progress(report: JobProgress) -> None:
+        seen.append(report)
+        if len(seen) == 3:  # the start, then two chunks done
+            three.set()
+
+    async with asyncml.load(slow_triple, max_batch_size=16, max_queue=64) as model:
+        job = asyncio.ensure_future(
+            run_job(model, given, output, commit_interval=0.4, on_progress=progress)
+        )
+        await three.wait()
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+    first, second = (report.rows for report in seen[1:3])
+    assert first <= 40  # 4 KiB of rows, not the whole file
+    assert second - first <= 80
+
+
+def test_chunk_sizes_double_until_the_model_is_slow_then_halve() -> None:
+    from asyncml.job._run import _ChunkSizer
+
+    class Source:
+        block_bytes = 1 << 20
+
+    source = Source()
+    sizer = _ChunkSizer(source, target=1.0)
+    sizes = [source.block_bytes]
+    for _ in range(10):
+        sizer.read()
+        sizes.append(source.block_bytes)
+    assert sizes == [4 << 10 << n for n in range(9)] + [1 << 20, 1 << 20]
+    sizer.took(0.5)
+    assert source.block_bytes == 1 << 20
+    sizer.took(2.0)
+    sizer.read()  # no longer grows
+    sizer.took(2.0)
+    assert source.block_bytes == 1 << 18
+
+
 async def batches_of(items: Sequence[Any], size: int) -> AsyncIterator[tuple[int, list[Any]]]:
     for start in range(0, len(items), size):
         yield start, list(items[start : start + size])

@@ -135,14 +135,14 @@ def _max_failures(_ctx: click.Context, _param: click.Parameter, value: str | Non
     default=DEFAULT_COMMIT_ROWS,
     show_default=True,
     metavar="N",
-    help="Commit at least every N rows (and every 10 seconds), as chunks complete: for a slow "
-    "model, lower --chunk-size too.",
+    help="Commit at least every N rows (and every 10 seconds), as chunks complete.",
 )
 @click.option(
     "--chunk-size",
     type=count(),
     metavar="N",
-    help="Bytes (JSONL, CSV) or rows (Parquet) read at a time (default 1 MiB, 8192 rows).",
+    help="Bytes (JSONL, CSV) or rows (Parquet) read at a time (default: JSONL and CSV from "
+    "4 KiB up to 1 MiB, sized to the model's pace; Parquet 8192 rows).",
 )
 @click.option(
     "--progress-interval",

@@ -39,7 +39,8 @@ class CsvSource:
         self._names = names
         self._position = position
         self._next_row = first_row
-        self._block_bytes = block_bytes
+        #: Bytes the next read takes (a job sizes it to its model's pace).
+        self.block_bytes = block_bytes
         self._carry = b""
         self._carry_odd = False  # an odd number of quotes in the carry
         self._carry_limit = max(CARRY_LIMIT, 16 * block_bytes)
@@ -70,7 +71,7 @@ class CsvSource:
     def read(self) -> RowChunk | None:
         """The next chunk of whole records, or ``None`` at the end of the input."""
         while not (self._eof and not self._carry):
-            data = self._file.read(self._block_bytes)
+            data = self._file.read(self.block_bytes)
             if data:
                 # The carry holds no record end (else the last cut would have taken it), so
                 # only the new data is searched: linear, however long the carry grows.

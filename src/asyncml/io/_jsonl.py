@@ -41,7 +41,8 @@ class JsonlSource:
         self._file = file
         self._position = position
         self._next_row = first_row
-        self._block_bytes = block_bytes
+        #: Bytes the next read takes (a job sizes it to its model's pace).
+        self.block_bytes = block_bytes
         self._owned = owned
         self._parse = parse
         self._carry = b""
@@ -83,7 +84,7 @@ class JsonlSource:
     def read(self) -> RowChunk | None:
         """The next chunk of whole lines, or ``None`` at the end of the input."""
         while not (self._eof and not self._carry):
-            data = self._file.read(self._block_bytes)
+            data = self._file.read(self.block_bytes)
             if self._at_start:
                 self._at_start = False
                 if data.startswith(_BOM):  # some editors start UTF-8 files with one

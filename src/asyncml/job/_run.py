@@ -319,6 +319,8 @@ class _Run:
         self._max_failures = max_failures
         self._on_progress = on_progress
         self._decoder = decoder
+        self._adaptive = False
+        self._sizer: _ChunkSizer | None = None
 
     async def open(self, chunk_size: int) -> Source:
         """The input, at the position the job resumes from.
@@ -326,6 +328,7 @@ class _Run:
         Raises:
             InputError: it cannot be opened, or is not what its extension says.
         """
+        self._adaptive = not chunk_size  # the default size: sized to the model's pace
         columns = [c for c in (self._field, self._id_field) if c] if self._field else None
         try:
             return await asyncio.to_thread(
@@ -353,6 +356,8 @@ class _Run:
         loop = asyncio.get_running_loop()
         output = self._output
         committed_rows, committed_at = self._resumed, loop.time()
+        sizer = self._sizer = _ChunkSizer.of(source, commit_interval) if self._adaptive else None
+        finished_at = loop.time()
         self._report(output.tally, self._position, source)
         async with (
             contextlib.aclosing(self._chunks(source)) as chunks,
@@ -361,6 +366,9 @@ class _Run:
             ) as outcomes,
         ):
             async for outcome in outcomes:
+                if sizer is not None:
+                    sizer.took(loop.time() - finished_at)
+                    finished_at = loop.time()
                 tally = await asyncio.to_thread(output.add, outcome.tag, outcome)
                 stop = self._too_many_failures(tally)
                 due = tally.rows - committed_rows >= commit_rows
@@ -395,6 +403,8 @@ class _Run:
 
     async def _chunks(self, source: Source) -> AsyncGenerator[tuple[Items, list[Any]], None]:
         while (items := await asyncio.to_thread(self._read, source)) is not None:
+            if self._sizer is not None:
+                self._sizer.read()
             yield items, items.items
 
     def _read(self, source: Source) -> Items | None:
@@ -436,6 +446,42 @@ class _Run:
                 source.unit,
             )
             self._on_progress(progress)
+
+
+class _ChunkSizer:
+    """Sizes the byte chunks of JSONL and CSV inputs for the model's pace. Commits cover
+    whole chunks, so a slow model given a megabyte of rows would commit (and be resumable)
+    only hours later. Chunks therefore start small and double with each read up to the
+    default size, which a fast model reaches within a few reads; once the model takes
+    longer than a quarter of the commit interval over one, they stop growing, and halve
+    each time that happens again."""
+
+    FIRST = 4 << 10
+    SMALLEST = 1 << 10
+
+    def __init__(self, source: Any, target: float):
+        self._source = source
+        self._largest = source.block_bytes
+        self._target = target
+        self._growing = True
+        source.block_bytes = min(self.FIRST, self._largest)
+
+    @classmethod
+    def of(cls, source: Source, commit_interval: float) -> _ChunkSizer | None:
+        if not isinstance(getattr(source, "block_bytes", None), int):
+            return None  # Parquet: row groups
+        return cls(source, commit_interval / 4)
+
+    def read(self) -> None:
+        """A chunk is about to be read: the one after it may be larger."""
+        if self._growing:
+            self._source.block_bytes = min(self._largest, self._source.block_bytes * 2)
+
+    def took(self, seconds: float) -> None:
+        """The model took ``seconds`` over the last chunk."""
+        if seconds > self._target:
+            self._growing = False
+            self._source.block_bytes = max(self.SMALLEST, self._source.block_bytes // 2)
 
 
 def _reason(error: BaseException) -> str:
