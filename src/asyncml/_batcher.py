@@ -61,6 +61,7 @@ class Batcher:
         self._ahead = -executor.prefetch  # the least _free may go, with full batches only
         self._queue: deque[_Entry] = deque()
         self._dispatch_scheduled = False
+        self._reclaim_scheduled = False
         self._wait_timer: asyncio.TimerHandle | None = None
         self._space_waiters: deque[asyncio.Future[None]] = deque()
         self._reserved = 0  # room promised to woken waiters that have not queued yet
@@ -185,7 +186,15 @@ class Batcher:
         """Hints that ``count`` items were cancelled, so compacting a full queue may help;
         callers waiting for room get the room those items leave, first come first served."""
         self._maybe_dropped += count
-        if self._space_waiters and count:
+        if self._space_waiters and count and not self._reclaim_scheduled:
+            # Once per loop pass, however many items are dropped in it: each compaction
+            # scans the whole queue.
+            self._reclaim_scheduled = True
+            self._loop.call_soon(self._reclaim)
+
+    def _reclaim(self) -> None:
+        self._reclaim_scheduled = False
+        if self._space_waiters:
             self._make_room()
             self._wake_space_waiters()
 
